@@ -12,7 +12,7 @@ from .spec import plugin_config_text
 from .yamlfile import Node, load_yaml
 
 PROJECT_FILE = "filterkit.yaml"
-LANGUAGES = ("assemblyscript", "rust")
+LANGUAGES = ("assemblyscript",)  # rust: issue 5
 DEFAULT_ENVOY_VERSION = "1.40.0"
 ISTIO_PHASES = ("UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS")
 ISTIO_FAIL_STRATEGIES = ("FAIL_CLOSE", "FAIL_OPEN")
@@ -91,7 +91,7 @@ def load_project(path: Path) -> Project:
     problem = check_name(name)
     if problem:
         raise name_node.error(problem)
-    language = top.require("language", "assemblyscript or rust").choice(LANGUAGES)
+    language = top.require("language", "the language the filter is written in").choice(LANGUAGES)
     root_id = top.get("root_id").str() if top.get("root_id") else name
     plugin_config = top.items["plugin_config"].value() if "plugin_config" in top else None
     return Project(
