@@ -34,16 +34,16 @@ def new_project(name: str, language: str, dest: Path | None = None, force: bool 
         raise InputError(f"{problem}; try e.g. 'my-filter'")
     if language not in LANGUAGES:
         raise InputError(f"unknown language '{language}' (choose one of: {', '.join(LANGUAGES)})")
-    template = TEMPLATES / language
-    if not template.is_dir():
-        raise InputError(f"no template for {language} in this filterkit installation ({template} is missing; "
-                         "reinstall filterkit)")
     root = (dest if dest is not None else Path(name)).resolve()
     if root.exists() and not root.is_dir():
         raise InputError("exists and is not a folder; choose another --dir", path=root)
     if root.is_dir() and any(root.iterdir()) and not force:
         raise InputError("folder is not empty; choose another --dir, or pass --force to write the "
                          "template's files into it (other files are kept)", path=root)
+    template = TEMPLATES / language
+    if not template.is_dir():
+        raise InputError(f"no template for {language} in this filterkit installation ({template} is missing; "
+                         "reinstall filterkit)")
     variables = {"name": name, "root_id": name, "filterkit_version": __version__,
                  "envoy_version": DEFAULT_ENVOY_VERSION, "language": language}
     root.parent.mkdir(parents=True, exist_ok=True)

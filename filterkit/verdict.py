@@ -41,6 +41,7 @@ class Observation:
     upstream_request: HttpMessage | None = None  # None: the upstream was never called
     logs: tuple[LogRecord, ...] = ()
     error: str | None = None  # the filter failed (trap with wasm backtrace, proxy crash …)
+    seconds: float = 0.0  # how long the case took on its target
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,18 @@ class CaseResult:
     target: str  # "host", "envoy-1.40.0", …
     observation: Observation
     differences: tuple[str, ...] = field(default_factory=tuple)
-    seconds: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.observation.seconds
 
     @property
     def passed(self) -> bool:
         return not self.differences
 
 
-def judge(case: Case, target: str, observation: Observation, seconds: float = 0.0) -> CaseResult:
-    return CaseResult(case, target, observation, tuple(_differences(case, observation)), seconds)
+def judge(case: Case, target: str, observation: Observation) -> CaseResult:
+    return CaseResult(case, target, observation, tuple(_differences(case, observation)))
 
 
 def _differences(case: Case, obs: Observation) -> list[str]:
