@@ -126,6 +126,8 @@ class _AssemblyScript:
                                      " (check your npm registry access, then run filterkit build again)")
             _write_deps_stamp(root)
         asc = root / "node_modules" / "assemblyscript" / "bin" / "asc.js"
+        if not asc.is_file() and (asc.parent / "asc").is_file():
+            asc = asc.parent / "asc"  # AssemblyScript ≤ 0.19 names its CLI bin/asc (no .js)
         if not asc.is_file():
             raise ToolchainError(f"{asc} is missing: add assemblyscript to package.json devDependencies")
         target = "release" if project.build.optimize else "debug"

@@ -25,7 +25,7 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--lang", "language", type=click.Choice(["assemblyscript"]), default="assemblyscript",
+@click.option("--lang", "language", type=click.Choice(["assemblyscript", "rust"]), default="assemblyscript",
               show_default=True, help="Language of the filter.")
 @click.option("--dir", "directory", type=click.Path(path_type=Path), help="Folder to create [default: ./NAME].")
 @click.option("--force", is_flag=True, help="Write into a non-empty folder (the template's files are replaced, others kept).")
@@ -66,8 +66,15 @@ def _build(project, force: bool = False):
 @click.option("--envoy-version", help="Envoy version to run [default: from filterkit.yaml].")
 @click.option("--junit", "junit_file", type=click.Path(path_type=Path), help="Also write JUnit XML here.")
 @click.option("--no-build", is_flag=True, help="Test build/<name>.wasm as it is, without building first.")
+@click.option("--log-level", type=click.Choice(["trace", "debug", "info", "warn", "error", "critical"]),
+              help="Lowest filter log level kept: Envoy's wasm component log level and the host's log level "
+                   "[default: trace on the host, debug on Envoy].")
+@click.option("--checks", is_flag=True, help="Also run the lifecycle checks on Envoy: empty configuration, "
+              "reconfiguration, clean shutdown, memory growth, wasm error stats.")
+@click.option("--checks-requests", type=int, default=2000, show_default=True,
+              help="Requests for the memory-growth check.")
 def test(path: Path, spec_file: Path | None, target: str, envoy_version: str | None, junit_file: Path | None,
-         no_build: bool) -> None:
+         no_build: bool, log_level: str | None, checks: bool, checks_requests: int) -> None:
     """Run the spec file of the project at PATH against the filter."""
     from .errors import InputError
     from .project import load_project
@@ -83,12 +90,21 @@ def test(path: Path, spec_file: Path | None, target: str, envoy_version: str | N
     else:
         _build(project)
     targets = ["host", "envoy"] if target == "all" else [target]
-    runs = run_spec(project, spec, targets, envoy_version=envoy_version or project.envoy.version)
-    print_report(runs, click.echo)
+    version = envoy_version or project.envoy.version
+    runs = run_spec(project, spec, targets, envoy_version=version, log_level=log_level)
+    from .report import failed_total
+    from .testrun import fidelity_of
+    fidelity = fidelity_of(runs) if target == "all" else ()
+    check_results = ()
+    if checks:
+        from .envoy.checks import run_checks
+        check_results = run_checks(project, version=version, requests=checks_requests,
+                                   log=lambda line: click.echo(line, err=True))
+    print_report(runs, click.echo, fidelity=fidelity, checks=check_results)
     if junit_file is not None:
-        write_junit(runs, junit_file, project.name, spec.path)
+        write_junit(runs, junit_file, project.name, spec.path, fidelity=fidelity, checks=check_results)
         click.echo(f"JUnit XML written to {junit_file}")
-    if any(run.failed for run in runs):
+    if failed_total(runs, fidelity, check_results):
         sys.exit(1)
 
 

@@ -16,34 +16,47 @@ from .verdict import judge
 
 
 def run_spec(project: Project, spec: Spec, targets: list[str], *, envoy_version: str,
-             wasm: Path | None = None) -> list[TargetRun]:
+             wasm: Path | None = None, log_level: str | None = None) -> list[TargetRun]:
+    """``log_level``: the lowest filter log level kept (host: the level the filter sees through
+    proxy_get_log_level and the records kept; Envoy: the ``wasm`` component's log level); None: trace on
+    the host, debug on Envoy (the runners' defaults)."""
     wasm = wasm or project.wasm_path
     runs = []
     for target in targets:
         started = time.monotonic()
         if target == "host":
-            label, observations, failures, logs = _on_host(project, spec, wasm)
+            label, observations, failures, logs = _on_host(project, spec, wasm, log_level)
         else:
-            label, observations, failures, logs = _on_envoy(project, spec, wasm, envoy_version)
+            label, observations, failures, logs = _on_envoy(project, spec, wasm, envoy_version, log_level)
         results = tuple(judge(case, label, obs) for case, obs in zip(spec.cases, observations))
         runs.append(TargetRun(label, results, tuple(failures), tuple(logs), time.monotonic() - started))
     return runs
 
 
-def _on_host(project: Project, spec: Spec, wasm: Path):
+def fidelity_of(runs: list[TargetRun]):
+    """Differential comparison (``--target all``): the host run against every Envoy run."""
+    from .differential import compare_runs
+
+    hosts = [run for run in runs if run.target == "host"]
+    if not hosts:
+        return ()
+    return tuple(f for run in runs if run.target != "host" for f in compare_runs(hosts[0].results, run.results))
+
+
+def _on_host(project: Project, spec: Spec, wasm: Path, log_level: str | None = None):
     from .host import run_spec as run_on_host
 
     # Side by side, as in the Envoy runner: one root context per distinct plugin configuration.
     run = run_on_host(spec, wasm, default_config=project.plugin_config_text, root_id=project.root_id,
-                      retire_old_roots=False)
+                      retire_old_roots=False, **({"log_level": log_level} if log_level else {}))
     logs = [f"[{r.level}] {r.message}" for r in run.plugin_logs]
     return "host", run.observations, run.vm_errors, logs
 
 
-def _on_envoy(project: Project, spec: Spec, wasm: Path, version: str):
+def _on_envoy(project: Project, spec: Spec, wasm: Path, version: str, log_level: str | None = None):
     from .envoy import run_spec as run_on_envoy
 
     run = run_on_envoy(spec, wasm, default_config=project.plugin_config_text, root_id=project.root_id,
-                       name=project.name, version=version)
+                       name=project.name, version=version, **({"log_level": log_level} if log_level else {}))
     logs = [f"[{r.level}] {r.message}" for r in run.plugin_logs]
     return f"envoy-{version}", run.observations, run.plugin_failures, logs

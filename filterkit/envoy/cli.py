@@ -100,3 +100,6 @@ def containers(prune: bool, docker_host: str | None) -> None:
         click.echo(f"removed {remove_containers(client)} container(s)", err=True)
     elif not found:
         click.echo("no filterkit containers", err=True)
+
+
+envoy_group.add_command(__import__("filterkit.envoy.config_cli", fromlist=["envoy_config"]).envoy_config)  # envoy config

@@ -1,10 +1,12 @@
-"""Rendering the Envoy bootstrap (``envoy-configs/bootstrap.yaml.j2``) for one run of a spec."""
+"""Rendering Envoy bootstraps from ``envoy-configs/``: the test bootstrap (``bootstrap.yaml.j2``) for one
+run of a spec, and the user-facing variants of ``filterkit envoy config`` (``VARIANTS``). Every rendered
+bootstrap is validated against Envoy's API protos (``validate.py``) before it is returned."""
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
@@ -42,12 +44,28 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+FAILURE_POLICIES = ("FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD")
+
+
+def _check_policy(failure_policy: str | None) -> str | None:
+    if failure_policy is None:
+        return None
+    policy = failure_policy.upper().replace("-", "_")
+    if not policy.startswith("FAIL_"):
+        policy = "FAIL_" + policy
+    if policy not in FAILURE_POLICIES:
+        from ..errors import InputError
+        raise InputError(f"unknown failure policy {failure_policy!r}; use one of {', '.join(FAILURE_POLICIES)}")
+    return policy
+
+
 def render_bootstrap(*, wasm_path: Path | str, listeners: list[Listener] | tuple[Listener, ...], plugin_name: str,
-                     root_id: str, upstream_port: int, admin_port: int = 0, vm_id: str = VM_ID) -> str:
+                     root_id: str, upstream_port: int, admin_port: int = 0, vm_id: str = VM_ID,
+                     failure_policy: str | None = None, validate: bool = True) -> str:
     """The bootstrap YAML: admin on 127.0.0.1:admin_port, one listener per plugin configuration, each
     running the Lua case marker, the filter under test and the router to 127.0.0.1:upstream_port."""
     template = _environment().get_template(BOOTSTRAP)
-    return template.render(
+    text = template.render(
         admin_port=admin_port,
         upstream_port=upstream_port,
         listeners=list(listeners),
@@ -58,4 +76,96 @@ def render_bootstrap(*, wasm_path: Path | str, listeners: list[Listener] | tuple
         case_header=CASE_HEADER,
         begin_marker=BEGIN_MARKER,
         end_marker=END_MARKER,
+        failure_policy=_check_policy(failure_policy),
     )
+    if validate:
+        from .validate import validate_bootstrap
+        validate_bootstrap(text, source=BOOTSTRAP)
+    return text
+
+
+# `filterkit envoy config --variant …` → template (see the template's header for what it renders).
+VARIANTS = {
+    "http": "http.yaml.j2",        # HTTP filter chain, wasm from a local file, filters in order, router
+    "network": "network.yaml.j2",  # envoy.filters.network.wasm filters, then tcp_proxy
+    "ecds": "ecds.yaml.j2",        # HTTP chain, each filter's config through ECDS (file or xDS)
+}
+ECDS_RESOURCES = "ecds-resources.yaml.j2"
+
+
+@dataclass(frozen=True)
+class WasmFilter:
+    """One wasm filter of a user-facing config (several run in list order)."""
+
+    name: str
+    root_id: str
+    wasm_path: str
+    config: str = ""
+    vm_id: str = ""
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "root_id": self.root_id, "wasm_path": str(Path(self.wasm_path).resolve()),
+                "config": self.config, "vm_id": self.vm_id or self.name}
+
+
+@dataclass(frozen=True)
+class RenderedConfig:
+    bootstrap: str
+    # variant "ecds" with a file source: the ECDS file of each filter, path → text (one resource per file)
+    ecds_files: dict[str, str] = field(default_factory=dict)
+
+
+def ecds_file_name(filter_name: str) -> str:
+    return f"{filter_name}.ecds.yaml"
+
+
+def render_variant(variant: str, filters: list[WasmFilter], *, listen_port: int = 10000,
+                   upstream_host: str = "127.0.0.1", upstream_port: int = 8080, admin_port: int = 9901,
+                   failure_policy: str | None = None, runtime: str = "envoy.wasm.runtime.v8",
+                   ecds_source: str = "path", ecds_dir: str | Path = ".", xds_host: str = "127.0.0.1",
+                   xds_port: int = 18000, version_info: str = "1", local_reply: bool = False,
+                   validate: bool = True) -> RenderedConfig:
+    """A user-facing bootstrap (``VARIANTS``), validated; for ``ecds`` from files also the ECDS files
+    (``<ecds_dir>/<filter>.ecds.yaml``), which the caller writes."""
+    from ..errors import InputError
+    if variant not in VARIANTS:
+        raise InputError(f"unknown config variant {variant!r}; use one of {', '.join(VARIANTS)}")
+    if not filters:
+        raise InputError("a config needs at least one filter")
+    if len({f.name for f in filters}) != len(filters):
+        raise InputError("filter names must be distinct (they name the Envoy filters)")
+    if ecds_source not in ("path", "xds"):
+        raise InputError(f"unknown ECDS source {ecds_source!r}; use 'path' or 'xds'")
+    policy = _check_policy(failure_policy)
+    rendered = []
+    for f in filters:
+        item = f.as_dict()
+        item["ecds_path"] = str((Path(ecds_dir) / ecds_file_name(f.name)).resolve())
+        rendered.append(item)
+    values = dict(filters=rendered, listen_port=listen_port, upstream_host=upstream_host,
+                  upstream_port=upstream_port, admin_port=admin_port, failure_policy=policy,
+                  runtime=runtime, ecds_source=ecds_source, xds_host=xds_host, xds_port=xds_port,
+                  local_reply=local_reply)
+    env = _environment()
+    text = env.get_template(VARIANTS[variant]).render(**values)
+    if validate:
+        from .validate import validate_bootstrap
+        validate_bootstrap(text, source=VARIANTS[variant])
+    files = {}
+    if variant == "ecds" and ecds_source == "path":
+        for f, item in zip(filters, rendered):
+            files[item["ecds_path"]] = render_ecds_resource(f, failure_policy=policy, runtime=runtime,
+                                                            version_info=version_info, validate=validate)
+    return RenderedConfig(text, files)
+
+
+def render_ecds_resource(f: WasmFilter, *, failure_policy: str | None = None,
+                         runtime: str = "envoy.wasm.runtime.v8", version_info: str = "1",
+                         validate: bool = True) -> str:
+    """One filter's ECDS file (also for reconfiguring a running Envoy: write a temp file, then rename)."""
+    text = _environment().get_template(ECDS_RESOURCES).render(
+        f=f.as_dict(), failure_policy=_check_policy(failure_policy), runtime=runtime, version_info=version_info)
+    if validate:
+        from .validate import validate_discovery_response
+        validate_discovery_response(text, source=ECDS_RESOURCES)
+    return text
