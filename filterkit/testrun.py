@@ -15,21 +15,28 @@ from .spec import Spec
 from .verdict import judge
 
 
-def run_spec(project: Project, spec: Spec, targets: list[str], *, envoy_version: str,
-             wasm: Path | None = None, log_level: str | None = None) -> list[TargetRun]:
-    """``log_level``: the lowest filter log level kept (host: the level the filter sees through
+def run_spec(project: Project, spec: Spec, targets: list[str], *, envoy_versions: list[str],
+             wasm: Path | None = None, log_level: str | None = None, envoy_binary: str | None = None,
+             image: str | None = None) -> list[TargetRun]:
+    """Run ``spec`` on each target: "host", "envoy" (a local binary) and "docker" (an Envoy container),
+    the Envoy targets once per version in ``envoy_versions``.
+
+    ``log_level``: the lowest filter log level kept (host: the level the filter sees through
     proxy_get_log_level and the records kept; Envoy: the ``wasm`` component's log level); None: trace on
     the host, debug on Envoy (the runners' defaults)."""
     wasm = wasm or project.wasm_path
     runs = []
     for target in targets:
-        started = time.monotonic()
-        if target == "host":
-            label, observations, failures, logs = _on_host(project, spec, wasm, log_level)
-        else:
-            label, observations, failures, logs = _on_envoy(project, spec, wasm, envoy_version, log_level)
-        results = tuple(judge(case, label, obs) for case, obs in zip(spec.cases, observations))
-        runs.append(TargetRun(label, results, tuple(failures), tuple(logs), time.monotonic() - started))
+        for version in ([None] if target == "host" else envoy_versions):
+            started = time.monotonic()
+            if target == "host":
+                label, observations, failures, logs = _on_host(project, spec, wasm, log_level)
+            else:
+                label, observations, failures, logs = _on_envoy(
+                    project, spec, wasm, version, log_level, binary=envoy_binary if target == "envoy" else None,
+                    image=image if target == "docker" else None, in_container=target == "docker")
+            results = tuple(judge(case, label, obs) for case, obs in zip(spec.cases, observations))
+            runs.append(TargetRun(label, results, tuple(failures), tuple(logs), time.monotonic() - started))
     return runs
 
 
@@ -53,10 +60,14 @@ def _on_host(project: Project, spec: Spec, wasm: Path, log_level: str | None = N
     return "host", run.observations, run.vm_errors, logs
 
 
-def _on_envoy(project: Project, spec: Spec, wasm: Path, version: str, log_level: str | None = None):
+def _on_envoy(project: Project, spec: Spec, wasm: Path, version: str, log_level: str | None, *,
+              binary: str | None, image: str | None, in_container: bool):
     from .envoy import run_spec as run_on_envoy
+    from .envoy.container import ContainerSettings
 
     run = run_on_envoy(spec, wasm, default_config=project.plugin_config_text, root_id=project.root_id,
-                       name=project.name, version=version, **({"log_level": log_level} if log_level else {}))
+                       name=project.name, version=version, binary=binary,
+                       container=ContainerSettings(image=image) if in_container else None,
+                       **({"log_level": log_level} if log_level else {}))
     logs = [f"[{r.level}] {r.message}" for r in run.plugin_logs]
-    return f"envoy-{version}", run.observations, run.plugin_failures, logs
+    return run.target, run.observations, run.plugin_failures, logs

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -26,7 +28,7 @@ from filterkit.project import DEFAULT_ENVOY_VERSION, load_project
 from filterkit.spec import load_spec
 from filterkit.verdict import judge
 
-from conftest import require
+from conftest import REPO, require
 from test_envoy import DEFAULT_CONFIG, MAIN_SPEC, NAME, ROOT_ID, write_spec
 
 pytestmark = pytest.mark.envoy
@@ -268,11 +270,6 @@ def test_image_build_command(docker_host, docker_client, envoy_image):
 def test_container_of_a_killed_filterkit_is_removed_by_the_next_run(docker_host, docker_client, envoy_image,
                                                                      fixture_wasm, tmp_path):
     """filterkit SIGKILLed mid-run cannot clean up: its labelled container is removed by the next run."""
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     script = textwrap.dedent(f"""\
         import sys, time
         from pathlib import Path
@@ -305,3 +302,15 @@ def test_container_of_a_killed_filterkit_is_removed_by_the_next_run(docker_host,
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_filterkit_test_target_docker_from_the_cli(assemblyscript_project, docker_host, envoy_image, docker_client):
+    """What a user runs: `filterkit test --target docker`, engine from DOCKER_HOST."""
+    result = subprocess.run([sys.executable, "-m", "filterkit", "test", str(assemblyscript_project), "--target",
+                             "docker", "--image", envoy_image], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "DOCKER_HOST": docker_host, "PYTHONPATH": str(REPO)},
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    cases = len(load_spec(assemblyscript_project / "tests" / "spec.yaml").cases)
+    assert f"docker-envoy-{DEFAULT_ENVOY_VERSION}: {cases} passed, 0 failed" in result.stdout
+    assert filterkit_containers(docker_client) == []

@@ -145,3 +145,13 @@ def test_readiness_timeout_names_envoys_output(tmp_path, monkeypatch):
                                version="1.40.0", binary=fake)
     pid = int(pidfile.read_text())
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+@pytest.mark.envoy
+def test_filterkit_test_runs_every_listed_envoy_version(assemblyscript_project):
+    from conftest import run_filterkit
+
+    result = run_filterkit("test", assemblyscript_project, "--envoy-version", "1.36.4,1.40.0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for label in ("host:", "envoy-1.36.4:", "envoy-1.40.0:"):
+        assert any(line.startswith(label) and ", 0 failed" in line for line in result.stdout.splitlines()), label
