@@ -12,7 +12,7 @@ from .spec import plugin_config_text
 from .yamlfile import Node, load_yaml
 
 PROJECT_FILE = "filterkit.yaml"
-LANGUAGES = ("assemblyscript",)  # rust: issue 5
+LANGUAGES = ("assemblyscript", "rust")
 DEFAULT_ENVOY_VERSION = "1.40.0"
 ISTIO_PHASES = ("UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS")
 ISTIO_FAIL_STRATEGIES = ("FAIL_CLOSE", "FAIL_OPEN")
@@ -31,6 +31,8 @@ def check_name(name: str) -> str | None:
 @dataclass(frozen=True)
 class BuildSettings:
     optimize: bool = True  # release build (asc -O3 / cargo --release); false for a debug build
+    rust_build_std: bool | None = None  # Rust: build std from source (None: only when no prebuilt wasm std)
+    wasm_opt: bool = True  # Rust: shrink the module with binaryen's wasm-opt when it is installed
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,10 @@ def load_project(path: Path) -> Project:
 def _build(node: Node | None) -> BuildSettings:
     if node is None:
         return BuildSettings()
-    m = node.mapping(allowed=("optimize",))
-    return BuildSettings(optimize=m.get("optimize").bool() if m.get("optimize") else True)
+    m = node.mapping(allowed=("optimize", "rust_build_std", "wasm_opt"))
+    return BuildSettings(optimize=m.get("optimize").bool() if m.get("optimize") else True,
+                         rust_build_std=m.get("rust_build_std").bool() if m.get("rust_build_std") else None,
+                         wasm_opt=m.get("wasm_opt").bool() if m.get("wasm_opt") else True)
 
 
 def _envoy(node: Node | None) -> EnvoySettings:

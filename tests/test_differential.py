@@ -134,6 +134,6 @@ def test_fixture_filter_runs_the_same_on_host_and_envoy(tmp_path):
 """)
     project = load_project(tmp_path)
     spec = load_spec(tmp_path / "spec.yaml")
-    runs = run_spec(project, spec, ["host", "envoy"], envoy_version=DEFAULT_ENVOY_VERSION, wasm=wasm)
+    runs = run_spec(project, spec, ["host", "envoy"], envoy_versions=[DEFAULT_ENVOY_VERSION], wasm=wasm)
     fid = fidelity_of(runs)
     assert [f.status for f in fid] == [SAME, SAME, SAME, NOT_COMPARABLE], [f.differences for f in fid]

@@ -283,6 +283,9 @@ class Abi:
         buf = self.ctx.buffer(kind)
         if buf is None:
             return WasmResult.NOT_FOUND
+        # The ABI's sizes are u32 (Envoy's Word); wasmtime hands i32 over signed. The Rust SDK asks
+        # for the whole buffer with length u32::MAX, which arrives here as -1.
+        start, length = start & 0xFFFFFFFF, length & 0xFFFFFFFF
         size = len(buf.data)
         if start > size:
             length = 0
@@ -311,6 +314,7 @@ class Abi:
         buf = self.ctx.buffer(kind)
         if buf is None:
             return WasmResult.NOT_FOUND
+        start, length = start & 0xFFFFFFFF, length & 0xFFFFFFFF  # u32 in the ABI (see above)
         return buf.set_bytes(start, length, self.vm.read(data_ptr, data_size))
 
     # -- stream control -------------------------------------------------------------------------
