@@ -152,20 +152,14 @@ class EnvoyContainer(EnvoyBase):
         self._admin_file.unlink(missing_ok=True)
         started = time.monotonic()
         try:
-            try:
-                self.container = self.client.containers.create(**self.container_options())
-                self.container.start()
-            except Exception as err:
-                if isinstance(err, (KeyboardInterrupt, SystemExit)):
-                    raise
+            self.container = self.client.containers.create(**self.container_options())
+            self.container.start()
+        except BaseException as err:
+            self.stop()  # removes a container that was created but did not start
+            if isinstance(err, Exception):
                 raise RunnerError(f"could not start a container of {self.image}: {_one_line(err)}") from None
-            self._reader = threading.Thread(target=self._read, name="filterkit-envoy-container-output", daemon=True)
-            self._reader.start()
-            self._wait_ready(started)
-        except BaseException:
-            self.stop()
             raise
-        self.startup_seconds = time.monotonic() - started
+        self._follow_until_ready(started)
 
     def _poll(self) -> int | None:
         if self.container is None:

@@ -114,6 +114,17 @@ class EnvoyBase:
     def exited_within(self, seconds: float) -> bool:
         raise NotImplementedError
 
+    def _follow_until_ready(self, started: float) -> None:
+        """Read Envoy's output in a thread and wait for ``/ready``; stop Envoy if that fails."""
+        try:
+            self._reader = threading.Thread(target=self._read, name="filterkit-envoy-output", daemon=True)
+            self._reader.start()
+            self._wait_ready(started)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+
     def _wait_ready(self, started: float) -> None:
         deadline = started + self.ready_timeout
         while True:
@@ -249,14 +260,7 @@ class EnvoyProcess(EnvoyBase):
                                           preexec_fn=_die_with_parent)
         except OSError as err:
             raise RunnerError(f"could not start Envoy {self.binary}: {err.strerror or err}") from None
-        try:
-            self._reader = threading.Thread(target=self._read, name="filterkit-envoy-output", daemon=True)
-            self._reader.start()
-            self._wait_ready(started)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - started
+        self._follow_until_ready(started)
 
     def stop(self) -> int | None:
         """SIGTERM the Envoy session, SIGKILL it after ``STOP_TIMEOUT``; idempotent. The exit status."""
