@@ -18,12 +18,29 @@ A spec file (default ``tests/spec.yaml`` in a filter project) looks like::
           logs:
             - {level: info, contains: "denied"}
             - {contains: "secret", absent: true}
+          metrics: {requests_total: 3, denied_total: {at_least: 1}}   # the filter's metrics after the case
+
+More per-case fields:
+
+- ``http_calls: {cluster: {status: 200, headers: {...}, body: "...", delay_ms: 0}}``: how the cluster
+  answers an http call the filter dispatches (``proxy_http_call``); a list gives one answer per call,
+  ``reset: true`` a failed connection. Both targets (the Envoy runner routes the cluster to its test upstream).
+- ``properties: {source.address: "10.0.0.1:5000", connection.mtls: true, request.time: {$timestamp: ...}}``:
+  attribute values the filter reads with ``proxy_get_property`` (``null`` hides one). **Host only**:
+  Envoy computes its attributes itself, so the Envoy runner skips such a case (``Case.host_only``).
+- ``ticks: N``: before the request, the host's virtual clock advances N tick periods of the plugin,
+  firing ``proxy_on_tick`` N times. **Host only** (real Envoy ticks in real time).
+
+Typed property values: ``{$int64: 5}``, ``{$uint64: 5}``, ``{$double: 1.5}``, ``{$bool: true}``,
+``{$string: "x"}``, ``{$bytes: "text"}``, ``{$timestamp: "2024-05-01T12:00:00Z" | ns}``,
+``{$duration: "250ms" | ns}``; plain YAML values map to string, int64, double, bool, map and list.
 
 The same ``Spec`` object is handed unchanged to the in-process host runner and the Envoy runner.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from dataclasses import dataclass, field
@@ -123,6 +140,52 @@ class LogExpectation:
 
 
 @dataclass(frozen=True)
+class MetricExpectation:
+    """The value of one metric (counter or gauge) after a case: ``equals``, ``at_least``, ``at_most``
+    or ``absent`` (never defined)."""
+
+    kind: str
+    value: int = 0
+
+    def mismatch(self, actual: int | None) -> str | None:
+        if self.kind == "absent":
+            return None if actual is None else f"expected absent, got {actual}"
+        if actual is None:
+            return f"expected {self.describe()}, but the filter never defined it"
+        ok = {"equals": actual == self.value, "at_least": actual >= self.value,
+              "at_most": actual <= self.value}[self.kind]
+        return None if ok else f"expected {self.describe()}, got {actual}"
+
+    def describe(self) -> str:
+        return {"equals": "{}", "at_least": "at least {}", "at_most": "at most {}", "absent": "absent"}[
+            self.kind].format(self.value)
+
+
+@dataclass(frozen=True)
+class TypedValue:
+    """A property value with an explicit type (``{$uint64: 5}`` in a spec file): int64, uint64, double,
+    bool, string, bytes, timestamp (ns since the epoch), duration (ns)."""
+
+    type: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class HttpCallReply:
+    """How a cluster answers one http call of the filter (``http_calls`` of a case)."""
+
+    status: int = 200
+    headers: Headers = ()
+    body: bytes = b""
+    delay_ms: int = 0
+    reset: bool = False  # the connection fails instead of answering
+
+
+# Case fields only the in-process host can apply (the Envoy runner must skip such a case, saying why).
+HOST_ONLY_FIELDS = ("properties", "ticks")
+
+
+@dataclass(frozen=True)
 class Case:
     number: int  # 1-based position in the spec file
     name: str
@@ -134,6 +197,16 @@ class Case:
     expect_response: ResponseExpectation | None = None
     expect_upstream: UpstreamExpectation | None = None
     expect_logs: tuple[LogExpectation, ...] = ()
+    expect_metrics: tuple[tuple[str, MetricExpectation], ...] = ()
+    # property path (dotted) -> value (str, int, float, bool, None = hidden, dict, list, TypedValue)
+    properties: tuple[tuple[str, Any], ...] = ()
+    http_calls: tuple[tuple[str, tuple[HttpCallReply, ...]], ...] = ()  # cluster -> answers, in call order
+    ticks: int = 0
+
+    @property
+    def host_only(self) -> tuple[str, ...]:
+        """The fields of this case only the in-process host can apply (see ``HOST_ONLY_FIELDS``)."""
+        return tuple(name for name in HOST_ONLY_FIELDS if getattr(self, name))
 
     def request_headers(self) -> Headers:
         """The request headers both runners send, with the case tag and a host header."""
@@ -187,7 +260,8 @@ def load_spec(path: Path) -> Spec:
 
 
 def _case(node: Node, number: int) -> Case:
-    m = node.mapping(allowed=("name", "config", "request", "upstream", "expect"))
+    m = node.mapping(allowed=("name", "config", "request", "upstream", "expect", "properties", "http_calls",
+                              "ticks"))
     name = m.get("name").str() if m.get("name") else f"case {number}"
     config = None
     if "config" in m:
@@ -195,11 +269,13 @@ def _case(node: Node, number: int) -> Case:
     expect = m.get("expect")
     response = upstream = None
     logs: tuple[LogExpectation, ...] = ()
+    metrics: tuple[tuple[str, MetricExpectation], ...] = ()
     if expect is not None:
-        e = expect.mapping(allowed=("response", "upstream", "logs"))
+        e = expect.mapping(allowed=("response", "upstream", "logs", "metrics"))
         response = _response_expectation(e.get("response")) if e.get("response") else None
         upstream = _upstream_expectation(e.get("upstream")) if e.get("upstream") else None
         logs = tuple(_log_expectation(n) for n in e.get("logs").sequence()) if e.get("logs") else ()
+        metrics = _metric_expectations(e.get("metrics")) if e.get("metrics") else ()
     return Case(
         number=number,
         name=name,
@@ -210,6 +286,10 @@ def _case(node: Node, number: int) -> Case:
         expect_response=response,
         expect_upstream=upstream,
         expect_logs=logs,
+        expect_metrics=metrics,
+        properties=_properties(m.items.get("properties")),
+        http_calls=_http_calls(m.get("http_calls")),
+        ticks=m.get("ticks").int(0, 1_000_000) if m.get("ticks") else 0,
     )
 
 
@@ -313,6 +393,123 @@ def _log_expectation(node: Node) -> LogExpectation:
     level = m.get("level").choice(LOG_LEVELS) if m.get("level") else None
     absent = m.get("absent").bool() if m.get("absent") else False
     return LogExpectation(text=TextMatch(kind, text), level=level, absent=absent)
+
+
+def _metric_expectations(node: Node) -> tuple[tuple[str, MetricExpectation], ...]:
+    """``{name: 3}`` (equals) or ``{name: {at_least: 1}}`` / ``{at_most: N}`` / ``{equals: N}`` / ``{absent: true}``."""
+    out = []
+    for name, value in node.mapping():
+        if not value.is_mapping:
+            out.append((name, MetricExpectation("equals", value.int(0))))
+            continue
+        kinds = ("equals", "at_least", "at_most", "absent")
+        m = value.mapping(allowed=kinds)
+        if len(m.items) != 1:
+            raise value.error(f"give exactly one of: {', '.join(kinds)}")
+        kind, item = next(iter(m))
+        if kind == "absent":
+            if not item.bool():
+                raise item.error("use 'absent: true' (or expect a value)")
+            out.append((name, MetricExpectation("absent")))
+        else:
+            out.append((name, MetricExpectation(kind, item.int(0))))
+    return tuple(out)
+
+
+PROPERTY_TYPES = ("int64", "uint64", "double", "bool", "string", "bytes", "timestamp", "duration")
+
+
+def _properties(node: Node | None) -> tuple[tuple[str, Any], ...]:
+    if node is None or node.is_null:
+        return ()
+    out = []
+    for path, value in node.mapping():
+        if not path or any(not part for part in path.split(".")):
+            raise value.error("a property path is dot-separated names, like source.address")
+        out.append((path, _property_value(value)))
+    return tuple(out)
+
+
+def _property_value(node: Node) -> Any:
+    if node.is_null:
+        return None
+    if node.is_sequence:
+        return tuple(_property_value(n) for n in node.sequence())
+    if not node.is_mapping:
+        return node.value()
+    m = node.mapping()
+    typed = [k for k in m.items if k.startswith("$")]
+    if not typed:
+        return {k: _property_value(v) for k, v in m}
+    if len(m.items) != 1:
+        raise node.error("a typed value has exactly one key, like {$uint64: 5}")
+    kind, item = typed[0][1:], m.items[typed[0]]
+    if kind not in PROPERTY_TYPES:
+        raise item.error(f"unknown type '${kind}' (one of: {', '.join('$' + t for t in PROPERTY_TYPES)})")
+    raw_value = item.value()
+    if kind in ("int64", "uint64"):
+        return TypedValue(kind, item.int(0 if kind == "uint64" else None))
+    if kind == "double":
+        if isinstance(raw_value, bool) or not isinstance(raw_value, (int, float)):
+            raise item.error("expected a number")
+        return TypedValue(kind, float(raw_value))
+    if kind == "bool":
+        return TypedValue(kind, item.bool())
+    if kind in ("string", "bytes"):
+        return TypedValue(kind, item.str())
+    if kind == "timestamp":
+        return TypedValue(kind, _timestamp_ns(item))
+    return TypedValue(kind, _duration_ns(item))
+
+
+def _timestamp_ns(node: Node) -> int:
+    value = node.value()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, datetime.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+    else:
+        try:
+            moment = datetime.datetime.fromisoformat(node.str().replace("Z", "+00:00"))
+        except ValueError:
+            raise node.error("expected nanoseconds since the epoch or a time like 2024-05-01T12:00:00Z") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+
+
+def _duration_ns(node: Node) -> int:
+    value = node.value()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ns|us|ms|s|m|h)\s*", node.str())
+    if not match:
+        raise node.error("expected nanoseconds or a duration like 250ms, 1.5s, 2m")
+    scale = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
+             "h": 3_600_000_000_000}[match.group(2)]
+    return int(float(match.group(1)) * scale)
+
+
+def _http_calls(node: Node | None) -> tuple[tuple[str, tuple[HttpCallReply, ...]], ...]:
+    if node is None:
+        return ()
+    out = []
+    for cluster, value in node.mapping():
+        replies = value.sequence() if value.is_sequence else [value]
+        if not replies:
+            raise value.error("give at least one answer")
+        out.append((cluster, tuple(_http_call_reply(r) for r in replies)))
+    return tuple(out)
+
+
+def _http_call_reply(node: Node) -> HttpCallReply:
+    m = node.mapping(allowed=("status", "headers", "body", "delay_ms", "reset"))
+    reset = m.get("reset").bool() if m.get("reset") else False
+    if reset and any(k in m for k in ("status", "headers", "body")):
+        raise node.error("'reset: true' cannot be combined with status, headers or body")
+    return HttpCallReply(status=m.get("status").int(100, 599) if m.get("status") else 200,
+                         headers=_headers(m.get("headers")), body=_body(m.get("body")),
+                         delay_ms=m.get("delay_ms").int(0, 3_600_000) if m.get("delay_ms") else 0, reset=reset)
 
 
 def _regex(node: Node) -> str:

@@ -55,7 +55,8 @@ def _on_host(project: Project, spec: Spec, wasm: Path, log_level: str | None = N
 
     # Side by side, as in the Envoy runner: one root context per distinct plugin configuration.
     run = run_on_host(spec, wasm, default_config=project.plugin_config_text, root_id=project.root_id,
-                      retire_old_roots=False, **({"log_level": log_level} if log_level else {}))
+                      plugin_name=project.name, retire_old_roots=False,
+                      **({"log_level": log_level} if log_level else {}))
     logs = [f"[{r.level}] {r.message}" for r in run.plugin_logs]
     return "host", run.observations, run.vm_errors, logs
 

@@ -42,6 +42,14 @@ class Observation:
     logs: tuple[LogRecord, ...] = ()
     error: str | None = None  # the filter failed (trap with wasm backtrace, proxy crash …)
     seconds: float = 0.0  # how long the case took on its target
+    # The filter's metrics (counters and gauges, by the name the filter defined) after the case;
+    # None: the target did not read them.
+    metrics: tuple[tuple[str, int], ...] | None = None
+    # Why the target did not run the case (e.g. it sets host-only fields on an Envoy target); None: it ran.
+    skipped: str | None = None
+
+    def metric(self, name: str) -> int | None:
+        return dict(self.metrics or ()).get(name)
 
 
 @dataclass(frozen=True)
@@ -59,12 +67,19 @@ class CaseResult:
     def passed(self) -> bool:
         return not self.differences
 
+    @property
+    def skipped(self) -> str | None:
+        """Why the case did not run on this target (counted neither as passed nor as failed by reports)."""
+        return self.observation.skipped
+
 
 def judge(case: Case, target: str, observation: Observation) -> CaseResult:
     return CaseResult(case, target, observation, tuple(_differences(case, observation)))
 
 
 def _differences(case: Case, obs: Observation) -> list[str]:
+    if obs.skipped is not None:
+        return []
     if obs.error is not None:
         return [f"filter failed: {obs.error}"]
     out: list[str] = []
@@ -99,6 +114,13 @@ def _differences(case: Case, obs: Observation) -> list[str]:
         elif not want_log.absent and not hits:
             out.append(f"logs: expected a line{at} {want_log.text.describe()}, got {len(lines)} line(s) "
                        "none matching")
+    if case.expect_metrics:
+        if obs.metrics is None:
+            out.append("metrics: this target did not report the filter's metrics")
+        else:
+            values = dict(obs.metrics)
+            for name, want_metric in case.expect_metrics:
+                _add(out, f"metric {name}", want_metric.mismatch(values.get(name)))
     return out
 
 

@@ -1,18 +1,26 @@
 """The in-process proxy-wasm host (filterkit.host) against small WAT filters with exact expectations,
-plus an optional real AssemblyScript filter ($FILTERKIT_TEST_WASM)."""
+plus the real AssemblyScript template filter. Uses filterkit's own pytest plugin (``filterkit_host``).
+See also test_host_conformance.py (every host function), test_host_spec.py (spec fields on the host),
+test_host_vs_envoy.py (the same module and expectations on a real Envoy)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 import wasmtime
 
 from filterkit.host import (
-    Action, HostRun, PluginHost, local_reply_headers, parse_pairs, request_headers, run_spec, serialize_pairs,
+    Action, HostRun, local_reply_headers, parse_pairs, request_headers, run_spec, serialize_pairs,
 )
 from filterkit.host.state import LocalResponse
+# The plugin's fixtures; when filterkit is installed, the pytest11 entry point registers them anyway.
+from filterkit.pytest_plugin import filterkit_host  # noqa: F401
 from filterkit.spec import CASE_HEADER, Case, Request, Spec, UpstreamAnswer
 from filterkit.verdict import LogRecord
 
@@ -64,13 +72,12 @@ def test_request_headers_seen_changed_and_forwarded(filter_wasm):
     assert result.vm_errors == [] and result.vm_starts == 1
 
 
-def test_filter_sees_envoy_style_request_headers(filter_wasm):
+def test_filter_sees_envoy_style_request_headers(filter_wasm, filterkit_host):
     headers = request_headers(case(3, "/pairs", method="POST", body=b"abc", headers=[("host", "example.com")]))
     assert headers[:4] == [(":authority", "example.com"), (":path", "/pairs"), (":method", "POST"),
                            (":scheme", "http")]
     assert [k for k, _ in headers[4:]] == [CASE_HEADER, "content-length", "x-forwarded-proto", "x-request-id"]
-    host = PluginHost(filter_wasm, root_id="demo")
-    host.start()
+    host = filterkit_host(filter_wasm, root_id="demo")
     stream = host.http_stream()
     assert stream.request_headers(headers, end_of_stream=False) == Action.CONTINUE
     # the guest got exactly Envoy's serialisation of the map
@@ -104,7 +111,9 @@ def test_local_reply_headers_like_envoy():
 def test_request_body_is_changed_by_the_filter(filter_wasm):
     obs = run(filter_wasm, case(1, "/upload", method="POST", body=b"abc")).observations[0]
     assert obs.error is None
-    assert obs.upstream_request.body == b"abc!"
+    # Envoy delivers "abc" then an empty end-of-stream chunk; the filter appends "!" to each, and the
+    # upstream reads content-length (3) bytes
+    assert obs.upstream_request.body == b"abc"
     assert obs.upstream_request.header("content-length") == "3"
 
 
@@ -151,21 +160,19 @@ def test_trap_at_shutdown_is_reported(filter_wasm):
 def test_unimplemented_import_answers_12_and_is_reported_once(filter_wasm):
     result = run(filter_wasm, case(1, "/grpc"), case(2, "/grpc"))
     assert [o.logs[-1].message for o in result.observations] == ["unimplemented ok"] * 2
-    assert list(result.unimplemented) == ["env.proxy_grpc_call"]
-    assert result.unimplemented == {"env.proxy_grpc_call": "not provided by this host"}
+    assert list(result.unimplemented) == ["env.proxy_future_call"]
+    assert result.unimplemented == {"env.proxy_future_call": "not provided by this host"}
 
 
-def test_log_level_filters_like_envoy(filter_wasm):
-    host = PluginHost(filter_wasm, root_id="demo", log_level="warn")
-    host.start()
+def test_log_level_filters_like_envoy(filter_wasm, filterkit_host):
+    host = filterkit_host(filter_wasm, root_id="demo", log_level="warn")
     stream = host.http_stream()
     stream.request_headers([(":path", "/x")], end_of_stream=True)
     assert [r.level for r in stream.logs] == ["warn", "critical", "error"]
 
 
-def test_header_map_api(filter_wasm):
-    host = PluginHost(filter_wasm, root_id="demo", plugin_config="v")
-    host.start()
+def test_header_map_api(filter_wasm, filterkit_host):
+    host = filterkit_host(filter_wasm, config="v", root_id="demo")
     stream = host.http_stream()
     assert stream.request_headers([(":path", "/x"), ("X-Mixed", "1")]) == Action.CONTINUE
     assert stream.request_header_map.pairs == [(":path", "/x"), ("x-mixed", "1"), ("x-added", "v")]
@@ -202,3 +209,15 @@ def test_side_by_side_configs_keep_their_root_contexts(filter_wasm):
     # each configuration was configured once; both roots retire at shutdown without error
     assert [r.message for r in result.plugin_logs] == ["demo", "cfg-A", "demo", "cfg-B"]
     assert result.vm_errors == []
+
+
+def test_generated_project_runs_its_pytest_tests_with_the_plugin(assemblyscript_project):
+    """templates/assemblyscript/tests/test_filter.py, as a user runs it: plain pytest in the project."""
+    installed = any(ep.name == "filterkit" for ep in entry_points(group="pytest11"))
+    plugin = [] if installed else ["-p", "filterkit.pytest_plugin"]  # the pytest11 entry point when installed
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, "tests"],
+                          cwd=assemblyscript_project, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "7 passed" in done.stdout
