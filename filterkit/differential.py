@@ -18,7 +18,10 @@ What is compared, per case (``compare``):
 
 Header names are compared case-insensitively, values exactly, as multisets (order is not compared).
 
-Not comparable: once the filter's VM has failed on either target in an earlier case, the targets part
+Metrics: when both targets read the filter's counters and gauges after a case (it expects metrics),
+their values must agree.
+
+Not comparable: a case one target skipped (host-only fields such as ``properties`` on Envoy). Once the filter's VM has failed on either target in an earlier case, the targets part
 ways by design — the host starts a fresh VM for the next case while Envoy (fail-closed) answers 503
 ``wasm_fail_stream`` until it is restarted. A later case where either target reports a failure is then
 "not comparable" (reported, not counted as a fidelity failure); a later case where both ran cleanly is still
@@ -87,6 +90,10 @@ def _values(values: list[str]) -> str:
     return "absent" if not values else " , ".join(repr(v) for v in values)
 
 
+def _metric(value: int | None) -> str:
+    return "not defined" if value is None else str(value)
+
+
 def _short(text: str | None) -> str:
     return (text or "").splitlines()[0][:200] if text else ""
 
@@ -95,6 +102,9 @@ def compare(host: CaseResult, envoy: CaseResult, *, after_vm_failure: bool = Fal
     """Compare one case's host and Envoy results (see the module docstring for the rules)."""
     base = dict(case_name=host.case.name, case_line=host.case.line, envoy_target=envoy.target)
     h, e = host.observation, envoy.observation
+    if h.skipped or e.skipped:
+        which, why = ("host", h.skipped) if h.skipped else ("envoy", e.skipped)
+        return Fidelity(**base, status=NOT_COMPARABLE, differences=(f"skipped on {which}: {why}",))
     if after_vm_failure and (h.error or e.error):
         why = "the filter's VM failed in an earlier case: the host runs later cases on a fresh VM, Envoy " \
               "keeps the failed one"
@@ -129,6 +139,11 @@ def compare(host: CaseResult, envoy: CaseResult, *, after_vm_failure: bool = Fal
         out += _header_differences("upstream request", hu, eu, presence_only=PRESENCE_ONLY)
         if hu.body != eu.body:
             out.append(f"upstream request body: host {hu.body[:100]!r}, envoy {eu.body[:100]!r}")
+    if h.metrics is not None and e.metrics is not None:
+        hm, em = dict(h.metrics), dict(e.metrics)
+        for name in sorted(set(hm) | set(em)):
+            if hm.get(name) != em.get(name):
+                out.append(f"metric {name}: host {_metric(hm.get(name))}, envoy {_metric(em.get(name))}")
     return Fidelity(**base, status=DIFFERS if out else SAME, differences=tuple(out))
 
 

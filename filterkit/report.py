@@ -27,18 +27,27 @@ class TargetRun:
 
     @property
     def passed(self) -> int:
-        return sum(r.passed for r in self.results)
+        return sum(r.passed and r.skipped is None for r in self.results)
 
     @property
     def failed(self) -> int:
         return sum(not r.passed for r in self.results) + (1 if self.plugin_failures else 0)
 
+    @property
+    def skipped(self) -> int:
+        """Cases this target did not run (e.g. host-only fields on an Envoy target): neither passed nor failed."""
+        return sum(r.skipped is not None for r in self.results)
+
 
 def print_report(runs: list[TargetRun], echo: Callable[[str], None] = print, *,
                  fidelity: Sequence[Fidelity] = (), checks: Sequence[CheckResult] = ()) -> None:
     for run in runs:
-        echo(f"{run.target}: {run.passed} passed, {run.failed} failed in {run.seconds:.2f}s")
+        echo(f"{run.target}: {run.passed} passed, {run.failed} failed" + (f", {run.skipped} skipped" if run.skipped else "")
+             + f" in {run.seconds:.2f}s")
         for result in run.results:
+            if result.skipped is not None:
+                echo(f"  SKIP  {result.case.name}: {result.skipped}")
+                continue
             mark = "PASS" if result.passed else "FAIL"
             echo(f"  {mark}  {result.case.name}  ({result.seconds * 1000:.0f} ms)")
             if result.passed:
@@ -57,7 +66,8 @@ def print_report(runs: list[TargetRun], echo: Callable[[str], None] = print, *,
         _print_checks(checks, echo)
     passed = sum(r.passed for r in runs)
     failed = sum(r.failed for r in runs)
-    summary = f"{passed} passed, {failed} failed"
+    skipped = sum(r.skipped for r in runs)
+    summary = f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else "")
     differ = sum(f.failed for f in fidelity)
     apart = sum(f.status == "not comparable" for f in fidelity)
     if differ:
@@ -113,12 +123,15 @@ def write_junit(runs: list[TargetRun], path: Path, suite_prefix: str, spec_file:
     for run in runs:
         suite = ET.SubElement(root, "testsuite", name=f"{suite_prefix}.{run.target}",
                               tests=str(len(run.results) + (1 if run.plugin_failures else 0)),
-                              failures=str(run.failed), errors="0", time=f"{run.seconds:.3f}")
+                              failures=str(run.failed), errors="0", skipped=str(run.skipped),
+                              time=f"{run.seconds:.3f}")
         for result in run.results:
             case = ET.SubElement(suite, "testcase", name=result.case.name,
                                  classname=f"{suite_prefix}.{run.target}", time=f"{result.seconds:.3f}",
                                  file=str(spec_file), line=str(result.case.line))
-            if not result.passed:
+            if result.skipped is not None:
+                ET.SubElement(case, "skipped", message=result.skipped)
+            elif not result.passed:
                 failure = ET.SubElement(case, "failure", message=result.differences[0].splitlines()[0])
                 failure.text = "\n".join(result.differences)
             if result.observation.logs:

@@ -56,6 +56,8 @@ DEFAULT_AUTHORITY = "filterkit.test"
 # Header that tags each request with its case number, so the Envoy runner's upstream and log reader
 # can tell cases apart. The host runner sends it too, so a filter sees the same headers on both.
 CASE_HEADER = "x-filterkit-case"
+# The cluster of the test upstream (the request's route) on both targets; http_calls cannot script it.
+UPSTREAM_CLUSTER = "upstream"
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -495,6 +497,9 @@ def _http_calls(node: Node | None) -> tuple[tuple[str, tuple[HttpCallReply, ...]
         return ()
     out = []
     for cluster, value in node.mapping():
+        if cluster == UPSTREAM_CLUSTER:
+            raise value.error(f"'{UPSTREAM_CLUSTER}' is the cluster of the test upstream (answered by the case's "
+                              "'upstream:'); give the cluster your filter calls another name")
         replies = value.sequence() if value.is_sequence else [value]
         if not replies:
             raise value.error("give at least one answer")

@@ -79,6 +79,33 @@ def test_cases_after_a_vm_failure_are_not_comparable_unless_both_clean():
     assert "fresh VM" in fid[1].differences[0]
 
 
+def test_metrics_compared_when_both_targets_read_them():
+    host = CaseResult(CASE, "host", Observation(metrics=(("hits", 2), ("level", 7))))
+    envoy = CaseResult(CASE, "envoy", Observation(metrics=(("hits", 3),)))
+    f = compare(host, envoy)
+    assert f.differences == ("metric hits: host 2, envoy 3", "metric level: host 7, envoy not defined")
+    assert compare(host, CaseResult(CASE, "envoy", Observation())).status == SAME  # envoy did not read them
+
+
+def test_a_case_skipped_on_one_target_is_not_comparable_and_reported_as_skipped(tmp_path):
+    skipped = CaseResult(CASE, "envoy-1.40.0", Observation(skipped="sets properties: only the in-process host can apply it"))
+    f = compare(result(), skipped)
+    assert f.status == NOT_COMPARABLE and f.differences == (
+        "skipped on envoy: sets properties: only the in-process host can apply it",)
+    runs = [TargetRun("host", (result(),)), TargetRun("envoy-1.40.0", (skipped,))]
+    assert (runs[1].passed, runs[1].failed, runs[1].skipped) == (0, 0, 1)
+    lines: list[str] = []
+    print_report(runs, lines.append)
+    assert "envoy-1.40.0: 0 passed, 0 failed, 1 skipped in 0.00s" in lines
+    assert "  SKIP  c1: sets properties: only the in-process host can apply it" in lines
+    assert lines[-1] == "1 passed, 0 failed, 1 skipped"
+    assert failed_total(runs) == 0
+    write_junit(runs, tmp_path / "junit.xml", "demo", Path("spec.yaml"))
+    xml = (tmp_path / "junit.xml").read_text()
+    assert 'name="demo.envoy-1.40.0" tests="1" failures="0" errors="0" skipped="1"' in xml
+    assert '<skipped message="sets properties: only the in-process host can apply it" />' in xml
+
+
 def test_report_and_junit_count_fidelity_failures(tmp_path):
     host, envoy = result(), result("envoy-1.40.0", status=201)
     fid = compare_runs((host,), (envoy,))

@@ -113,6 +113,8 @@ def test_a_skipped_case_is_neither_passed_nor_judged(tmp_path):
     ("cases:\n  - http_calls:\n      c: {status: 99}\n", ":3: cases[0].http_calls.c.status: 99 is out of range"),
     ("cases:\n  - http_calls:\n      c: {stauts: 200}\n", "unknown key (did you mean 'status'?)"),
     ("cases:\n  - http_calls:\n      c: []\n", ":3: cases[0].http_calls.c: give at least one answer"),
+    ("cases:\n  - http_calls:\n      upstream: {status: 200}\n",
+     ":3: cases[0].http_calls.upstream: 'upstream' is the cluster of the test upstream"),
     ("cases:\n  - ticks: -1\n", ":2: cases[0].ticks: -1 is out of range"),
     ("cases:\n  - expect:\n      metrics: {m: {more_than: 1}}\n",
      ":3: cases[0].expect.metrics.m.more_than: unknown key"),

@@ -14,7 +14,9 @@ reason, ports) raises ``ToolchainError`` / ``RunnerError``.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import json
 import re
 import socket
 import tempfile
@@ -24,13 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError, RunnerError
-from ..spec import CASE_HEADER, LOG_LEVELS, Case, Spec
+from ..spec import CASE_HEADER, LOG_LEVELS, Case, HttpCallReply, Spec
 from ..verdict import HttpMessage, LogRecord, Observation
 from .binary import envoy_binary, envoy_version_of
 from .config import VM_ID, Listener, render_bootstrap
 from .logs import (SENTINEL_TAG, WASM_LOGGER, EnvoyLine, FilterLogs, Windows, shutdown_lines, split_windows, tail)
 from .process import EnvoyBase, EnvoyProcess, EnvoyStartError, LocalBackend
-from .upstream import UpstreamServer
+from .upstream import CallServer, UpstreamServer
 
 if TYPE_CHECKING:
     from .container import ContainerSettings
@@ -167,6 +169,9 @@ class _Runner:
         self.log_level = log_level
         self.filter_logs = FilterLogs(name, root_id, VM_ID, min_level=log_level)
         self.observations: dict[int, Observation] = {}
+        # The filter's counters and gauges after each case that expects metrics (read from /stats).
+        self.metrics: dict[int, tuple[tuple[str, int], ...] | None] = {}
+        self.call_servers: list[CallServer] = []
         self.startup_logs: list[LogRecord] = []
         self.shutdown_logs: list[LogRecord] = []
         self.shutdown_errors: list[str] = []
@@ -180,13 +185,18 @@ class _Runner:
     def run(self) -> EnvoyRun:
         groups: dict[str, list[Case]] = {}
         for case in self.spec.cases:
-            groups.setdefault(self.spec.effective_config(case, self.default_config), []).append(case)
+            if case.host_only:
+                self.observations[case.number] = Observation(skipped=_host_only_reason(case))
+            else:
+                groups.setdefault(self.spec.effective_config(case, self.default_config), []).append(case)
         answers = {str(case.number): case.upstream for case in self.spec.cases}
-        with UpstreamServer(answers) as upstream, \
-                tempfile.TemporaryDirectory(prefix="filterkit-envoy-") as tmp:
-            self.upstream = upstream
-            self.workdir = Path(tmp)
-            self._run_groups(list(groups.items()))
+        with contextlib.ExitStack() as stack:
+            self.upstream = stack.enter_context(UpstreamServer(answers))
+            self.call_servers = [stack.enter_context(CallServer(name, replies))
+                                 for name, replies in _call_replies(self.spec).items()]
+            self.workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="filterkit-envoy-")))
+            if groups:
+                self._run_groups(list(groups.items()))
         return EnvoyRun(
             observations=tuple(self.observations[case.number] for case in self.spec.cases),
             envoy_version=envoy_version_of(self.binary) if self.binary is not None else (self.reported_version or self.version),
@@ -211,7 +221,8 @@ class _Runner:
         config_file = self.workdir / f"bootstrap-{self.starts}.yaml"
         config_file.write_text(render_bootstrap(wasm_path=self.wasm_path, listeners=listeners,
                                                 plugin_name=self.name, root_id=self.root_id,
-                                                upstream_port=self.upstream.port))
+                                                upstream_port=self.upstream.port,
+                                                call_clusters={s.cluster: s.port for s in self.call_servers}))
         envoy = self.backend.launch(config_file, workdir=self.workdir, wasm_path=self.wasm_path,
                                     wasm_log_level=_min_level(self.log_level, _ENVOY_WASM_MAX_LEVEL))
         try:
@@ -256,14 +267,16 @@ class _Runner:
         for case in cases:
             if not envoy.running:
                 break
-            self.upstream.current = str(case.number)
+            self._set_current(str(case.number))
             started = time.monotonic()
             response, problem = _send(port_of[case.number], case)
             sent[case.number] = (response, problem, time.monotonic() - started)
             if problem is not None and envoy.exited_within(1.0):
                 died_in = case.number
                 break
-        self.upstream.current = None
+            if case.expect_metrics:
+                self.metrics[case.number] = _read_metrics(envoy)
+        self._set_current(None)
         # Sentinel through the control listener: once its end marker is out, so is every case's output.
         if envoy.running:
             _send(ports[CONTROL_LISTENER], None)
@@ -272,6 +285,10 @@ class _Runner:
         lines = envoy.lines()
         self.output += [line.raw for line in lines]
         self._collect(cases, sent, split_windows(lines), died_in, exit_code, lines)
+
+    def _set_current(self, tag: str | None) -> None:
+        for server in (self.upstream, *self.call_servers):
+            server.current = tag
 
     def _collect(self, cases: list[Case], sent, windows: Windows, died_in: int | None, exit_code: int | None,
                  lines: list[EnvoyLine]) -> None:
@@ -312,7 +329,7 @@ class _Runner:
             upstream_request = self.upstream.received.get(tag)
             self.observations[case.number] = Observation(
                 response=response, upstream_request=upstream_request, logs=tuple(self._records(window)),
-                error=error, seconds=seconds)
+                error=error, seconds=seconds, metrics=self.metrics.get(case.number))
 
     def _refusal_reasons(self, lines: list[EnvoyLine]) -> list[str]:
         """Why Envoy would not start the plugin: the filter's own error lines and Envoy's Wasm errors,
@@ -364,6 +381,38 @@ def _send(port: int, case: Case | None) -> tuple[HttpMessage | None, str | None]
         return None, f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
     finally:
         conn.close()
+
+
+def _host_only_reason(case: Case) -> str:
+    fields = " and ".join(case.host_only)
+    return f"sets {fields}: only the in-process host can apply {'them' if len(case.host_only) > 1 else 'it'}"
+
+
+def _call_replies(spec: Spec) -> dict[str, dict[str, tuple[HttpCallReply, ...]]]:
+    """cluster -> {case tag -> replies} for every cluster a case's ``http_calls`` names."""
+    clusters: dict[str, dict[str, tuple[HttpCallReply, ...]]] = {}
+    for case in spec.cases:
+        for cluster, replies in case.http_calls:
+            clusters.setdefault(cluster, {})[str(case.number)] = replies
+    return clusters
+
+
+# Envoy's name for a metric the filter defines (proxy_define_metric): "wasmcustom." + the filter's name.
+CUSTOM_METRIC_PREFIX = "wasmcustom."
+
+
+def _read_metrics(envoy: EnvoyBase) -> tuple[tuple[str, int], ...] | None:
+    """The filter's counters and gauges, by the name it defined, from the admin ``/stats``; None when
+    the admin API would not tell (the verdict then says the target did not report metrics)."""
+    try:
+        status, body = envoy.admin_get("/stats?format=json&filter=%5Ewasmcustom%5C.")
+        stats = json.loads(body)["stats"] if status == 200 else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(stats, list):
+        return None
+    return tuple(sorted((item["name"].removeprefix(CUSTOM_METRIC_PREFIX), int(item["value"])) for item in stats
+                        if isinstance(item, dict) and isinstance(item.get("name"), str) and "value" in item))
 
 
 def _min_level(a: str, b: str) -> str:

@@ -61,13 +61,16 @@ def _check_policy(failure_policy: str | None) -> str | None:
 
 def render_bootstrap(*, wasm_path: Path | str, listeners: list[Listener] | tuple[Listener, ...], plugin_name: str,
                      root_id: str, upstream_port: int, admin_port: int = 0, vm_id: str = VM_ID,
-                     failure_policy: str | None = None, validate: bool = True) -> str:
+                     failure_policy: str | None = None, call_clusters: dict[str, int] | None = None,
+                     validate: bool = True) -> str:
     """The bootstrap YAML: admin on 127.0.0.1:admin_port, one listener per plugin configuration, each
-    running the Lua case marker, the filter under test and the router to 127.0.0.1:upstream_port."""
+    running the Lua case marker, the filter under test and the router to 127.0.0.1:upstream_port;
+    ``call_clusters``: ``{cluster name: port on 127.0.0.1}`` for the filter's http calls."""
     template = _environment().get_template(BOOTSTRAP)
     text = template.render(
         admin_port=admin_port,
         upstream_port=upstream_port,
+        call_clusters=[{"name": name, "port": port} for name, port in (call_clusters or {}).items()],
         listeners=list(listeners),
         wasm_path=str(Path(wasm_path).resolve()),
         plugin_name=plugin_name,

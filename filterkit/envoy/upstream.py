@@ -1,30 +1,33 @@
-"""The test upstream behind Envoy: answers each case's request with the case's ``UpstreamAnswer``
-and records the request as it arrived (the "upstream view" of a case)."""
+"""Scripted HTTP servers behind Envoy, on 127.0.0.1:
+
+- ``UpstreamServer``: the test upstream; answers each case's request with the case's ``UpstreamAnswer``
+  and records the request as it arrived (the "upstream view" of a case);
+- ``CallServer``: one per cluster a spec's ``http_calls`` name; answers the filter's http calls to that
+  cluster with the current case's replies, in call order (a delay, or a reset connection).
+"""
 
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..spec import CASE_HEADER, UpstreamAnswer
+from ..spec import CASE_HEADER, HttpCallReply, UpstreamAnswer
 from ..verdict import HttpMessage
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
 
 
-class UpstreamServer:
-    """``with UpstreamServer({"1": UpstreamAnswer(...)}) as up: up.port … up.received["1"]``.
+class _ScriptedServer:
+    """A threaded HTTP/1.1 server on 127.0.0.1 (free port) whose subclass picks each answer
+    (``_answer``). ``current``: the case the runner is sending right now."""
 
-    Requests are matched to a case by their ``x-filterkit-case`` header; when a filter removed or
-    changed it, by ``current`` (the case the runner is sending right now). Binds 127.0.0.1 only.
-    """
+    thread_name = "filterkit-scripted"
 
-    def __init__(self, answers: dict[str, UpstreamAnswer]):
-        self.answers = dict(answers)
+    def __init__(self) -> None:
         self.current: str | None = None
-        self.received: dict[str, HttpMessage] = {}
-        self.calls: dict[str, int] = {}
+        self._closing = threading.Event()
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
@@ -35,10 +38,10 @@ class UpstreamServer:
         assert self._server is not None, "the upstream server is not running"
         return self._server.server_address[1]
 
-    def __enter__(self) -> "UpstreamServer":
+    def __enter__(self):
         self._server = _Server(("127.0.0.1", 0), _handler_for(self))
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="filterkit-upstream", daemon=True)
+                                        name=self.thread_name, daemon=True)
         self._thread.start()
         return self
 
@@ -49,6 +52,7 @@ class UpstreamServer:
         server, self._server = self._server, None
         if server is None:
             return
+        self._closing.set()  # ends scripted delays
         server.shutdown()
         with self._lock:
             connections = list(self._connections)
@@ -61,14 +65,39 @@ class UpstreamServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def _answer(self, message: HttpMessage) -> UpstreamAnswer | HttpCallReply | None:
+        """The answer to ``message`` (None: close the connection without one); also records it."""
+        raise NotImplementedError
+
+    def pause(self, seconds: float) -> None:
+        self._closing.wait(seconds)
+
+
+class UpstreamServer(_ScriptedServer):
+    """``with UpstreamServer({"1": UpstreamAnswer(...)}) as up: up.port … up.received["1"]``.
+
+    Requests are matched to a case by their ``x-filterkit-case`` header; when a filter removed or
+    changed it, by ``current`` (the case the runner is sending right now).
+    """
+
+    thread_name = "filterkit-upstream"
+
+    def __init__(self, answers: dict[str, UpstreamAnswer]):
+        super().__init__()
+        self.answers = dict(answers)
+        self.received: dict[str, HttpMessage] = {}
+        self.calls: dict[str, int] = {}
+
     def reset(self) -> None:
         with self._lock:
             self.received.clear()
             self.calls.clear()
 
-    def _answer_for(self, tag: str | None) -> tuple[str | None, UpstreamAnswer]:
+    def _answer(self, message: HttpMessage) -> UpstreamAnswer:
+        tag = message.header(CASE_HEADER)
         key = tag if tag in self.answers else self.current
-        return key, self.answers.get(key, UpstreamAnswer(status=404, body=b"filterkit: no case for this request"))
+        self._record(key, message)
+        return self.answers.get(key, UpstreamAnswer(status=404, body=b"filterkit: no case for this request"))
 
     def _record(self, key: str | None, message: HttpMessage) -> None:
         if key is None:
@@ -76,6 +105,39 @@ class UpstreamServer:
         with self._lock:
             self.calls[key] = self.calls.get(key, 0) + 1
             self.received.setdefault(key, message)  # the first request a case caused
+
+
+class CallServer(_ScriptedServer):
+    """The cluster ``cluster`` of a spec's ``http_calls``: the n-th call during case ``current`` gets
+    that case's n-th reply (the last one repeats). A case without replies for this cluster gets
+    none: the call stays unanswered until the filter's own timeout, as on the in-process host."""
+
+    thread_name = "filterkit-http-calls"
+
+    def __init__(self, cluster: str, replies: dict[str, tuple[HttpCallReply, ...]]):
+        super().__init__()
+        self.cluster = cluster
+        self.replies = dict(replies)
+        self.received: dict[str, list[HttpMessage]] = {}
+
+    def _answer(self, message: HttpMessage) -> HttpCallReply | None:
+        key = self.current
+        with self._lock:
+            calls = self.received.setdefault(key or "", [])
+            calls.append(message)
+            index = len(calls) - 1
+        replies = self.replies.get(key or "")
+        if not replies:
+            self.pause(UNANSWERED_SECONDS)
+            return None
+        reply = replies[min(index, len(replies) - 1)]
+        if reply.delay_ms:
+            self.pause(reply.delay_ms / 1000)
+        return None if reply.reset else reply
+
+
+# How long an unscripted call is held open: longer than any sensible http-call timeout of a filter.
+UNANSWERED_SECONDS = 120.0
 
 
 class _Server(ThreadingHTTPServer):
@@ -109,9 +171,11 @@ def _handler_for(upstream: UpstreamServer) -> type[BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             headers = tuple((name.lower(), value) for name, value in self.headers.items())
             body = self._read_body()
-            tag = self.headers.get(CASE_HEADER)
-            key, answer = upstream._answer_for(tag)
-            upstream._record(key, HttpMessage(headers=headers, body=body, method=self.command, path=self.path))
+            answer = upstream._answer(HttpMessage(headers=headers, body=body, method=self.command, path=self.path))
+            if answer is None:  # a failed connection: no answer at all
+                self.close_connection = True
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
             self.send_response_only(answer.status)
             names = {name.lower() for name, _ in answer.headers}
             for name, value in answer.headers:

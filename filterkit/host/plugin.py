@@ -29,8 +29,8 @@ from ..verdict import HttpMessage, LogRecord, Observation
 from . import properties as props
 from .abi import Abi, foreign_function
 from .state import (
-    GRPC_UNIMPLEMENTED, LOG_LEVEL_NAMES, TIMEOUT_ANSWER, Action, Buffer, BufferType, Context, GrpcCall, HeaderMap,
-    HttpCall, HttpCallAnswer, LocalResponse, MapType, Metric, MetricType, Pairs, PeerType, RootContext,
+    CONNECTION_FAILED, CONNECTION_TERMINATED, GRPC_UNIMPLEMENTED, LOG_LEVEL_NAMES, TIMEOUT_ANSWER, Action, Buffer,
+    BufferType, Context, GrpcCall, HeaderMap, HttpCall, HttpCallAnswer, LocalResponse, MapType, Metric, MetricType, Pairs, PeerType, RootContext,
     SharedState, StreamContext, StreamType, TcpContext, VirtualClock, WasmResult,
 )
 from .vm import DEFAULT_MEMORY_LIMIT, FUEL_PER_CALL, CompiledModule, GuestFailure, WasmVm, compiled_module
@@ -464,8 +464,10 @@ class PluginHost:
                 conn.close()
         except TimeoutError:
             answer = TIMEOUT_ANSWER
+        except (http.client.RemoteDisconnected, ConnectionResetError, http.client.IncompleteRead):
+            answer = CONNECTION_TERMINATED
         except OSError:
-            answer = HttpCallAnswer(reset=True)
+            answer = CONNECTION_FAILED
         self.respond_http_call(call.token, answer)
 
     def respond_http_call(self, token: int, answer: HttpCallAnswer | None = None, *, status: int | None = None,

@@ -8,16 +8,15 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..spec import Case, HttpCallReply, Spec
+from ..spec import UPSTREAM_CLUSTER, Case, HttpCallReply, Spec
 from ..verdict import LogRecord, Observation
 from .plugin import PluginFailed, PluginHost
-from .state import HttpCallAnswer, MetricType, Pairs
+from .state import CONNECTION_TERMINATED, HttpCallAnswer, MetricType, Pairs
 from .vm import DEFAULT_MEMORY_LIMIT, FUEL_PER_CALL, GuestFailure
 
 # The names filterkit's Envoy runner gives the plugin (filterkit/envoy/config.py), so properties such
 # as plugin_vm_id read the same on both targets.
 ENVOY_VM_ID = "filterkit"
-UPSTREAM_CLUSTER = "upstream"
 
 
 @dataclass
@@ -56,8 +55,11 @@ def request_headers(case: Case) -> Pairs:
 
 
 def http_call_answer(reply: HttpCallReply) -> HttpCallAnswer:
-    return HttpCallAnswer(status=reply.status, headers=reply.headers, body=reply.body, delay_ms=reply.delay_ms,
-                          reset=reply.reset)
+    """A spec's reply as the filter receives it; ``reset: true`` (the connection closes before an answer)
+    arrives the way Envoy delivers it, as its async client's 503 local reply."""
+    if reply.reset:
+        return dataclasses.replace(CONNECTION_TERMINATED, delay_ms=reply.delay_ms)
+    return HttpCallAnswer(status=reply.status, headers=reply.headers, body=reply.body, delay_ms=reply.delay_ms)
 
 
 def run_spec(spec: Spec, wasm_path: Path | str, *, default_config: str, root_id: str, vm_config: str = "",

@@ -228,8 +228,9 @@ class HttpCallAnswer:
     """What an http call's upstream answers (scripted): delivered through proxy_on_http_call_response.
 
     ``delay_ms``: virtual time until the answer arrives (0: right after the callback that made the call
-    returns). ``reset``: the connection fails instead (proxy_get_status then gives 11 "reset", and the
-    callback gets 0 headers, 0 body bytes, 0 trailers)."""
+    returns). ``reset``: the call fails without any answer, Envoy's failure callback (proxy_get_status then
+    gives 11 "reset", and the callback gets 0 headers, 0 body bytes, 0 trailers). A failed *connection*
+    is not that in Envoy: its async client answers with a local reply (``CONNECTION_TERMINATED``)."""
 
     status: int = 200
     headers: tuple[tuple[str, str], ...] = ()
@@ -247,6 +248,15 @@ class HttpCallAnswer:
 
 # Envoy's async client answers a request whose timeout elapsed with this local reply.
 TIMEOUT_ANSWER = HttpCallAnswer(504, (("content-type", "text/plain"),), b"upstream request timeout")
+# … and a request whose upstream connection closed before a response with this one (seen on Envoy 1.40:
+# a spec's ``http_calls: {cluster: {reset: true}}`` on both targets) …
+CONNECTION_TERMINATED = HttpCallAnswer(503, (("content-type", "text/plain"),),
+                                       b"upstream connect error or disconnect/reset before headers. "
+                                       b"reset reason: connection termination")
+# … and one whose connection could not be made (refused, unreachable) with this one.
+CONNECTION_FAILED = HttpCallAnswer(503, (("content-type", "text/plain"),),
+                                   b"upstream connect error or disconnect/reset before headers. "
+                                   b"reset reason: remote connection failure")
 
 
 @dataclass
