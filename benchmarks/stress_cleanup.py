@@ -150,8 +150,9 @@ def one_run(kind: str, spec, refused_spec, wasm: Path, tracker: Tracker, contain
 
 def docker_settings():
     """(ContainerSettings, client, daemon or None): $DOCKER_HOST if it answers, else a private dockerd."""
-    from filterkit.envoy.container import ContainerSettings, DockerDaemon, default_docker_host, engine_answers
-    from filterkit.envoy.image import build_image, docker_client
+    from filterkit.engine import DockerDaemon, default_docker_host, docker_client, engine_answers
+    from filterkit.envoy.container import ContainerSettings
+    from filterkit.envoy.image import build_image
 
     daemon = None
     host = default_docker_host()
@@ -198,7 +199,7 @@ def stress(args, wasm: Path, folder: Path) -> int:
         tmpdirs = leftover_tempdirs()
         containers = []
         if client is not None:
-            from filterkit.envoy.container import filterkit_containers
+            from filterkit.engine import filterkit_containers
 
             containers = [c.short_id for c in filterkit_containers(client)]
         threads = threading.active_count() - threads_before

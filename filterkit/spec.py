@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
 from .yamlfile import Node, load_yaml
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")

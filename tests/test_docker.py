@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 import filterkit.envoy as envoy_runner
-from filterkit.envoy.container import (LABEL_RUN, ContainerSettings, DockerDaemon, default_docker_host,
-                                       engine_answers, filterkit_containers, remove_leftovers)
+from filterkit.engine import (LABEL_RUN, DockerDaemon, default_docker_host, engine_answers, filterkit_containers,
+                              remove_leftovers)
+from filterkit.envoy.container import ContainerSettings
 from filterkit.envoy.image import build_context, shared_libraries
 from filterkit.errors import RunnerError, ToolchainError
 from filterkit.project import DEFAULT_ENVOY_VERSION, load_project

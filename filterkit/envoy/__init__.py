@@ -31,7 +31,7 @@ from ..verdict import HttpMessage, LogRecord, Observation
 from .binary import envoy_binary, envoy_version_of
 from .config import VM_ID, Listener, render_bootstrap
 from .logs import (SENTINEL_TAG, WASM_LOGGER, EnvoyLine, FilterLogs, Windows, shutdown_lines, split_windows, tail)
-from .process import EnvoyBase, EnvoyProcess, EnvoyStartError, LocalBackend
+from .process import EnvoyBase, EnvoyStartError, LocalBackend
 from .upstream import CallServer, UpstreamServer
 
 if TYPE_CHECKING:

@@ -78,7 +78,8 @@ def image() -> None:
 @click.option("--docker-host", help="Docker API endpoint [default: $DOCKER_HOST].")
 def image_build(version: str, tag: str | None, binary: str | None, docker_host: str | None) -> None:
     """Build a local Envoy image (no base image: the binary plus its glibc files) for VERSION."""
-    from .image import build_image, docker_client
+    from ..engine import docker_client
+    from .image import build_image
 
     built = build_image(version, binary=binary, tag=tag, client=docker_client(docker_host))
     click.echo(f"{built.tag} ({built.id[:19]}, {built.size / 1e6:.0f} MB) built in {built.seconds:.1f}s")
@@ -89,8 +90,7 @@ def image_build(version: str, tag: str | None, binary: str | None, docker_host: 
 @click.option("--docker-host", help="Docker API endpoint [default: $DOCKER_HOST].")
 def containers(prune: bool, docker_host: str | None) -> None:
     """List (or remove) containers filterkit started that are still in the engine."""
-    from .container import LABEL_RUN, filterkit_containers, remove_containers
-    from .image import docker_client
+    from ..engine import LABEL_RUN, docker_client, filterkit_containers, remove_containers
 
     client = docker_client(docker_host)
     found = filterkit_containers(client)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engine import docker_client, one_line
 from ..errors import RunnerError, ToolchainError
 
 LOCAL_REPOSITORY = "filterkit/envoy"
@@ -31,26 +32,6 @@ def official_image(version: str) -> str:
 
 def local_image(version: str) -> str:
     return f"{LOCAL_REPOSITORY}:{version}"
-
-
-def docker_client(base_url: str | None = None):
-    """A Docker SDK client for ``base_url`` or ``DOCKER_HOST`` (default: the local socket);
-    ``ToolchainError`` when the SDK is missing or no engine answers."""
-    try:
-        import docker
-        import docker.errors
-    except ImportError:
-        raise ToolchainError("the Python 'docker' package is missing: pip install 'docker>=7'") from None
-    try:
-        client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
-        client.ping()
-    except Exception as err:  # DockerException, requests' ConnectionError …
-        import os
-
-        where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock (DOCKER_HOST unset)"
-        raise ToolchainError(f"no Docker engine answers at {where}: {_one_line(err)} (start dockerd or "
-                             f"'podman system service', and set DOCKER_HOST)") from None
-    return client
 
 
 def shared_libraries(binary: Path) -> list[Path]:
@@ -150,7 +131,7 @@ def build_image(version: str, *, binary: Path | None = None, tag: str | None = N
             if log is not None and chunk.get("stream", "").strip():
                 log(chunk["stream"].rstrip())
     except Exception as err:  # BuildError, APIError
-        raise RunnerError(f"could not build the Envoy image {tag}: {_one_line(err)}") from None
+        raise RunnerError(f"could not build the Envoy image {tag}: {one_line(err)}") from None
     return BuiltImage(tag, image.id, int(image.attrs.get("Size", 0)), time.monotonic() - started)
 
 
@@ -165,19 +146,14 @@ def ensure_image(client, image: str, *, pull: bool = True, version: str | None =
     except docker.errors.ImageNotFound:
         pass
     except docker.errors.APIError as err:
-        raise RunnerError(f"the Docker engine could not look up image {image}: {_one_line(err)}") from None
+        raise RunnerError(f"the Docker engine could not look up image {image}: {one_line(err)}") from None
     problem = "not present in the engine"
     if pull and not image.startswith(LOCAL_REPOSITORY + ":"):
         try:
             client.images.pull(image)
             return
         except Exception as err:
-            problem = f"cannot be pulled ({_one_line(err)})"
+            problem = f"cannot be pulled ({one_line(err)})"
     hint = f"'filterkit envoy image build {version}'" if version else "'filterkit envoy image build VERSION'"
     raise ToolchainError(f"Envoy image {image} {problem}: build a local one with {hint} and use "
                          f"image {local_image(version) if version else LOCAL_REPOSITORY + ':VERSION'}")
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:400] or type(err).__name__
