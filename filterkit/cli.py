@@ -41,18 +41,25 @@ def new(name: str, language: str, directory: Path | None, force: bool) -> None:
 @cli.command()
 @PATH_ARG
 @click.option("--force", is_flag=True, help="Build even when the last build is up to date.")
-def build(path: Path, force: bool) -> None:
+@click.option("--in-container", is_flag=True, help="Rust: build in a container through the Docker API "
+              "(DOCKER_HOST), for machines without a Rust toolchain; crates are cached in a volume.")
+@click.option("--container-image", metavar="IMAGE", help="Image for --in-container [default: build.container_image "
+              "from filterkit.yaml, else rust:1-slim].")
+def build(path: Path, force: bool, in_container: bool, container_image: str | None) -> None:
     """Compile the filter project at PATH to build/<name>.wasm."""
+    from .build import BuildContainer
     from .project import load_project
 
     project = load_project(path)
-    _build(project, force)
+    if container_image and not in_container:
+        raise click.UsageError("--container-image goes with --in-container")
+    _build(project, force, BuildContainer(image=container_image) if in_container else None)
 
 
-def _build(project, force: bool = False):
+def _build(project, force: bool = False, container=None):
     from .build import build_project
 
-    result = build_project(project, force=force, log=lambda line: click.echo(line, err=True))
+    result = build_project(project, force=force, log=lambda line: click.echo(line, err=True), container=container)
     state = "up to date" if result.skipped else f"built in {result.seconds:.1f}s"
     click.echo(f"{result.wasm} ({result.size} bytes, sha256 {result.sha256[:12]}…): {state}", err=True)
     return result

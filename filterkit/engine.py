@@ -49,6 +49,28 @@ def one_line(err: BaseException) -> str:
     return text[:400] or type(err).__name__
 
 
+def has_image(client, image: str) -> bool:
+    """True when the engine has ``image``; ``ToolchainError`` when it cannot tell."""
+    import docker.errors
+
+    try:
+        client.images.get(image)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+    except docker.errors.APIError as err:
+        raise ToolchainError(f"the Docker engine could not look up image {image}: {one_line(err)}") from None
+
+
+def pull_image(client, image: str) -> str | None:
+    """Pull ``image`` into the engine: None when that worked, else why not (the engine's own words)."""
+    try:
+        client.images.pull(image)
+        return None
+    except Exception as err:  # APIError, ImageNotFound, requests' errors
+        return getattr(err, "explanation", None) or one_line(err)
+
+
 def remove_container(container) -> None:
     try:
         container.remove(force=True, v=True)

@@ -33,6 +33,8 @@ class BuildSettings:
     optimize: bool = True  # release build (asc -O3 / cargo --release); false for a debug build
     rust_build_std: bool | None = None  # Rust: build std from source (None: only when no prebuilt wasm std)
     wasm_opt: bool = True  # Rust: shrink the module with binaryen's wasm-opt when it is installed
+    in_container: bool = False  # Rust: always build in a container (as `filterkit build --in-container`)
+    container_image: str | None = None  # Rust: the image of container builds (default rust:1-slim)
 
 
 @dataclass(frozen=True)
@@ -112,10 +114,12 @@ def load_project(path: Path) -> Project:
 def _build(node: Node | None) -> BuildSettings:
     if node is None:
         return BuildSettings()
-    m = node.mapping(allowed=("optimize", "rust_build_std", "wasm_opt"))
+    m = node.mapping(allowed=("optimize", "rust_build_std", "wasm_opt", "in_container", "container_image"))
     return BuildSettings(optimize=m.get("optimize").bool() if m.get("optimize") else True,
                          rust_build_std=m.get("rust_build_std").bool() if m.get("rust_build_std") else None,
-                         wasm_opt=m.get("wasm_opt").bool() if m.get("wasm_opt") else True)
+                         wasm_opt=m.get("wasm_opt").bool() if m.get("wasm_opt") else True,
+                         in_container=m.get("in_container").bool() if m.get("in_container") else False,
+                         container_image=m.get("container_image").str() if m.get("container_image") else None)
 
 
 def _envoy(node: Node | None) -> EnvoySettings:

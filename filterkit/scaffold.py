@@ -1,4 +1,6 @@
-"""``filterkit new``: render a project template from ``templates/<language>/`` into a new folder."""
+"""``filterkit new``: render a project template into a new folder: ``templates/common/`` (what every
+language shares: the spec file and the pytest unit tests, since every template holds the same policy
+filter), then ``templates/<language>/`` over it."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from .errors import InputError
 from .project import DEFAULT_ENVOY_VERSION, LANGUAGES, check_name
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+COMMON = "common"  # rendered first for every language
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,8 @@ def new_project(name: str, language: str, dest: Path | None = None, force: bool 
     root.parent.mkdir(parents=True, exist_ok=True)
     # Render everything first, so a template error leaves the user's folder untouched.
     with tempfile.TemporaryDirectory(prefix=".filterkit-new-", dir=root.parent) as scratch:
-        files = _render_tree(template, Path(scratch), variables)
+        files = list(dict.fromkeys(_render_tree(TEMPLATES / COMMON, Path(scratch), variables)
+                                   + _render_tree(template, Path(scratch), variables)))
         root.mkdir(exist_ok=True)
         for rel in files:
             target = root / rel

@@ -7,9 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+from filterkit.engine import DockerDaemon, default_docker_host, engine_answers, filterkit_containers
+from filterkit.errors import ToolchainError
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -25,11 +29,23 @@ def require(component: str, available: bool, how: str) -> None:
     pytest.skip(message)
 
 
-def run_filterkit(*args: str | Path, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the real CLI in a child process, as a user would."""
+def run_filterkit(*args: str | Path, cwd: Path | None = None, timeout: float = 600,
+                  env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the real CLI in a child process, as a user would (``env_extra``: more environment)."""
     return subprocess.run([sys.executable, "-m", "filterkit", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})},
                           stdin=subprocess.DEVNULL)
+
+
+def run_project_pytest(project_root: Path) -> subprocess.CompletedProcess:
+    """A generated project's own pytest tests (tests/test_filter.py), run as a user runs them."""
+    from importlib.metadata import entry_points
+
+    installed = any(ep.name == "filterkit" for ep in entry_points(group="pytest11"))
+    plugin = [] if installed else ["-p", "filterkit.pytest_plugin"]  # the pytest11 entry point when installed
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, "tests"],
+                          cwd=project_root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=subprocess.DEVNULL)
 
 
 def node_available() -> bool:
@@ -52,3 +68,43 @@ def assemblyscript_project(tmp_path_factory) -> Path:
     built = run_filterkit("build", root)
     assert built.returncode == 0, built.stderr
     return root
+
+
+# -- Docker engine ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def docker_host():
+    """A Docker API endpoint: $DOCKER_HOST if it answers, else a private dockerd for the session."""
+    configured = default_docker_host()  # $DOCKER_HOST, else /var/run/docker.sock if present
+    if configured and engine_answers(configured):
+        yield configured
+        return
+    can_start = shutil.which("dockerd") is not None and os.geteuid() == 0
+    require("Docker engine", can_start,
+            f"no engine answers at DOCKER_HOST={configured or '(unset)'}, and dockerd cannot be started here "
+            "(needs root and 'apt-get install docker.io')")
+    folder = Path(tempfile.mkdtemp(prefix="fk-dockerd-", dir="/tmp"))  # short: the socket path has a limit
+    daemon = DockerDaemon(folder)
+    try:
+        daemon.start()
+    except ToolchainError as err:
+        shutil.rmtree(folder, ignore_errors=True)
+        require("Docker engine", False, str(err))
+    try:
+        yield daemon.host
+    finally:
+        daemon.remove()  # stops dockerd (after removing filterkit's containers), unmounts, deletes the folder
+
+
+@pytest.fixture(scope="session")
+def docker_client(docker_host):
+    import docker
+
+    client = docker.DockerClient(base_url=docker_host, timeout=120)
+    yield client
+    leftovers = filterkit_containers(client)
+    for container in leftovers:
+        container.remove(force=True)
+    client.close()
+    assert not leftovers, f"containers left behind: {[c.short_id for c in leftovers]}"

@@ -9,19 +9,16 @@ locally / failed in CI. No registry is needed: the image is built from the cache
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
 import filterkit.envoy as envoy_runner
-from filterkit.engine import (LABEL_RUN, DockerDaemon, default_docker_host, engine_answers, filterkit_containers,
-                              remove_leftovers)
+from filterkit.engine import LABEL_RUN, filterkit_containers, remove_leftovers
 from filterkit.envoy.container import ContainerSettings
 from filterkit.envoy.image import build_context, shared_libraries
 from filterkit.errors import RunnerError, ToolchainError
@@ -33,43 +30,6 @@ from conftest import REPO, require
 from test_envoy import DEFAULT_CONFIG, MAIN_SPEC, NAME, ROOT_ID, write_spec
 
 pytestmark = pytest.mark.envoy
-
-
-@pytest.fixture(scope="session")
-def docker_host():
-    """A Docker API endpoint: $DOCKER_HOST if it answers, else a private dockerd for the session."""
-    configured = default_docker_host()  # $DOCKER_HOST, else /var/run/docker.sock if present
-    if configured and engine_answers(configured):
-        yield configured
-        return
-    can_start = shutil.which("dockerd") is not None and os.geteuid() == 0
-    require("Docker engine", can_start,
-            f"no engine answers at DOCKER_HOST={configured or '(unset)'}, and dockerd cannot be started here "
-            "(needs root and 'apt-get install docker.io')")
-    folder = Path(tempfile.mkdtemp(prefix="fk-dockerd-", dir="/tmp"))  # short: the socket path has a limit
-    daemon = DockerDaemon(folder)
-    try:
-        daemon.start()
-    except ToolchainError as err:
-        shutil.rmtree(folder, ignore_errors=True)
-        require("Docker engine", False, str(err))
-    try:
-        yield daemon.host
-    finally:
-        daemon.remove()  # stops dockerd (after removing filterkit's containers), unmounts, deletes the folder
-
-
-@pytest.fixture(scope="session")
-def docker_client(docker_host):
-    import docker
-
-    client = docker.DockerClient(base_url=docker_host, timeout=120)
-    yield client
-    leftovers = filterkit_containers(client)
-    for container in leftovers:
-        container.remove(force=True)
-    client.close()
-    assert not leftovers, f"containers left behind: {[c.short_id for c in leftovers]}"
 
 
 @pytest.fixture(scope="session")

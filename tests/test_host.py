@@ -5,11 +5,7 @@ test_host_vs_envoy.py (the same module and expectations on a real Envoy)."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -23,6 +19,8 @@ from filterkit.host.state import LocalResponse
 from filterkit.pytest_plugin import filterkit_host  # noqa: F401
 from filterkit.spec import CASE_HEADER, Case, Request, Spec, UpstreamAnswer
 from filterkit.verdict import LogRecord
+
+from conftest import run_project_pytest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "host"
 UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
@@ -212,12 +210,7 @@ def test_side_by_side_configs_keep_their_root_contexts(filter_wasm):
 
 
 def test_generated_project_runs_its_pytest_tests_with_the_plugin(assemblyscript_project):
-    """templates/assemblyscript/tests/test_filter.py, as a user runs it: plain pytest in the project."""
-    installed = any(ep.name == "filterkit" for ep in entry_points(group="pytest11"))
-    plugin = [] if installed else ["-p", "filterkit.pytest_plugin"]  # the pytest11 entry point when installed
-    repo = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, "tests"],
-                          cwd=assemblyscript_project, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(repo)})
+    """templates/common/tests/test_filter.py, as a user runs it: plain pytest in the project."""
+    done = run_project_pytest(assemblyscript_project)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "7 passed" in done.stdout

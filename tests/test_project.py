@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from filterkit.errors import InputError
-from filterkit.project import check_name, load_project
+from filterkit.project import BuildSettings, check_name, load_project
 
 GOOD = """\
 name: my-filter
@@ -42,6 +42,14 @@ def test_loads_project(tmp_path):
     assert project.wasm_path == tmp_path.resolve() / "build" / "my-filter.wasm"
 
 
+def test_build_settings(tmp_path):
+    project = load_project(write(tmp_path, "name: x\nlanguage: rust\nbuild: {optimize: false, rust_build_std: true, "
+                                           "wasm_opt: false, in_container: true, container_image: my/rust:1}\n"))
+    assert project.build == BuildSettings(optimize=False, rust_build_std=True, wasm_opt=False, in_container=True,
+                                          container_image="my/rust:1")
+    assert load_project(write(tmp_path, "name: x\nlanguage: rust\n")).build == BuildSettings()
+
+
 def test_empty_plugin_config_is_empty_text(tmp_path):
     project = load_project(write(tmp_path, "name: x\nlanguage: assemblyscript\nplugin_config:\n"))
     assert project.plugin_config_text == ""
@@ -54,6 +62,7 @@ def test_empty_plugin_config_is_empty_text(tmp_path):
     ("name: x\nlanguage: assemblyscript\nenvoy: {versoin: 1.40.0}\n", "envoy.versoin: unknown key (did you mean 'version'?)"),
     ("name: x\nlanguage: assemblyscript\nistio: {priority: high}\n", ":3: istio.priority: expected a whole number"),
     ("name: x\nlanguage: assemblyscript\nenvoy: {version: latest}\n", "'latest' is not an Envoy version"),
+    ("name: x\nlanguage: rust\nbuild: {in_container: maybe}\n", ":3: build.in_container: expected true or false"),
     ("name: x\n  language: [\n", "invalid YAML"),
     ("", "filterkit.yaml is empty"),
 ])

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, require, run_filterkit
+from conftest import REPO, require, run_filterkit, run_project_pytest
 
 TARGET_DIR = REPO / ".cache" / "rust-target"
 
@@ -93,10 +93,16 @@ def test_new_rust_project_has_the_template_files(tmp_path):
     assert "${{ github.run_id }}" in (root / ".github/workflows/filter.yml").read_text()
 
 
-def test_rust_spec_is_the_assemblyscript_spec():
-    """Same behaviour, same test cases: the two templates' spec files are one text."""
-    templates = REPO / "templates"
-    assert (templates / "rust/tests/spec.yaml").read_text() == (templates / "assemblyscript/tests/spec.yaml").read_text()
+def test_rust_and_assemblyscript_projects_get_the_same_tests(tmp_path):
+    """Same behaviour, same test cases: the spec file and the pytest unit tests of both languages are
+    rendered from templates/common/, and nothing of a language template overrides them."""
+    made = {lang: tmp_path / lang for lang in ("rust", "assemblyscript")}
+    for lang, root in made.items():
+        assert run_filterkit("new", "same", "--lang", lang, "--dir", root).returncode == 0
+    for rel in ("tests/spec.yaml", "tests/test_filter.py"):
+        assert (made["rust"] / rel).read_text() == (made["assemblyscript"] / rel).read_text()
+    assert not list((REPO / "templates" / "rust").rglob("tests/*"))
+    assert not list((REPO / "templates" / "assemblyscript").rglob("tests/*"))
 
 
 def test_cold_build_then_up_to_date(rust_project):
@@ -114,6 +120,12 @@ def test_template_spec_passes_on_the_host(rust_project):
     result = rust("test", root, "--target", "host")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().splitlines()[-1] == f"{spec_cases(root)} passed, 0 failed"
+
+
+def test_generated_project_runs_its_pytest_tests_with_the_plugin(rust_project):
+    done = run_project_pytest(rust_project[0])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "7 passed" in done.stdout
 
 
 @pytest.mark.envoy

@@ -7,7 +7,8 @@ so a failed build never destroys the last good ``.wasm``.
 
 One module per language (``assemblyscript.py``, ``rust.py``) provides a builder with
 ``inputs(root)``, ``settings(project)`` (extra fingerprint material) and ``compile(project, out, log)``;
-``common.py`` holds what they share.
+``container.py`` runs the Rust compile step in a container instead (``--in-container``); ``common.py``
+holds what they share.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from pathlib import Path
 
 from ..project import Project
 from .assemblyscript import AssemblyScriptBuilder
+from .container import BuildContainer, ContainerRustBuilder, check_language
 from .common import STAMP, BuildError, fingerprint, read_stamp, sha256_of, write_stamp
 from .rust import RustBuilder
 
-__all__ = ["BuildError", "BuildResult", "build_project", "STAMP"]
+__all__ = ["BuildContainer", "BuildError", "BuildResult", "build_project", "STAMP"]
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,18 @@ class BuildResult:
 _BUILDERS = {"assemblyscript": AssemblyScriptBuilder(), "rust": RustBuilder()}
 
 
-def build_project(project: Project, force: bool = False, log=print) -> BuildResult:
-    """Compile ``project`` unless its last build is up to date (or ``force``)."""
+def build_project(project: Project, force: bool = False, log=print,
+                  container: BuildContainer | None = None) -> BuildResult:
+    """Compile ``project`` unless its last build is up to date (or ``force``); in a container when
+    ``container`` is given or the project says ``build: {in_container: true}`` (Rust only)."""
     started = time.monotonic()
-    builder = _BUILDERS[project.language]
+    if container is None and project.build.in_container:
+        container = BuildContainer()
+    if container is not None:
+        check_language(project)
+        builder = ContainerRustBuilder(container)
+    else:
+        builder = _BUILDERS[project.language]
     out = project.wasm_path
     stamp_file = out.parent / STAMP
     settings = builder.settings(project)

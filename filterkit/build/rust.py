@@ -35,6 +35,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -169,7 +170,7 @@ class RustBuilder:
 
     def compile(self, project, out: Path, log) -> dict:
         root = project.root
-        plan = plan_build(root, _build_std_setting(project))
+        plan = plan_build(root, build_std_setting(project))
         log(plan.describe())
         cmd, env = _cargo_command(plan, project)
         if plan.build_std:
@@ -177,23 +178,51 @@ class RustBuilder:
         else:
             log(f"running: {shlex.join(cmd)}")
         try:
-            result = subprocess.run(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                                    text=True)
+            result = _run_cargo(cmd, root, env, log)
         except OSError as err:
             raise ToolchainError(f"cannot run {plan.toolchain.cargo}: {err.strerror}") from None
-        artifact, errors, warnings = _parse_cargo_messages(result.stdout, root)
+        artifact, errors, warnings = parse_cargo_messages(result.stdout, root / "Cargo.toml")
         if result.returncode != 0 or artifact is None:
-            _raise_failure(project, plan, result, errors)
+            std_sources = plan.toolchain.std_sources if plan.build_std else None
+            raise_cargo_failure(project, result.returncode, result.stderr, errors, plan.toolchain.short(),
+                                vendor_std=f"cargo vendor -s {std_sources / 'Cargo.toml'} vendor" if std_sources else None)
         if warnings:
             log(f"rust: {len(warnings)} compiler warning(s); run 'cargo build' in {root} to see them")
         shutil.copyfile(artifact, out)
-        details = {"toolchain": plan.toolchain.short(), "target": plan.target,
-                   "mode": "build-std" if plan.build_std else "prebuilt"}
-        if project.build.wasm_opt and project.build.optimize:  # a debug build keeps its names as built
-            optimized = optimize_wasm(out, log)
-            if optimized:
-                details["wasm_opt"] = optimized
-        return details
+        return finish_module(project, out, log, {"toolchain": plan.toolchain.short(), "target": plan.target,
+                                                 "mode": "build-std" if plan.build_std else "prebuilt"})
+
+
+def _run_cargo(cmd: list[str], cwd: Path, env: dict[str, str], log) -> subprocess.CompletedProcess:
+    """Run cargo with its progress (stderr: Compiling …, Downloaded …) shown line by line as it comes;
+    stdout (the JSON messages) is collected for parsing. A child that outlives an interrupt is killed."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, errors="replace")
+    stdout: list[str] = []
+    reader = threading.Thread(target=lambda: stdout.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    stderr: list[str] = []
+    try:
+        for line in proc.stderr:
+            stderr.append(line)
+            if line.strip():
+                log(f"  {line.strip()}")
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(stdout), "".join(stderr))
+
+
+def finish_module(project, out: Path, log, details: dict) -> dict:
+    """The optional wasm-opt step on the built module ``out``; the build's details for its stamp."""
+    if project.build.wasm_opt and project.build.optimize:  # a debug build keeps its names as built
+        optimized = optimize_wasm(out, log)
+        if optimized:
+            details["wasm_opt"] = optimized
+    return details
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,7 +291,8 @@ def candidate_toolchains(cwd: Path) -> list[Toolchain]:
     return found
 
 
-def _build_std_setting(project) -> bool | None:
+def build_std_setting(project) -> bool | None:
+    """build-std forced (True), forbidden (False) or chosen when needed (None): the environment wins."""
     value = os.environ.get(BUILD_STD_ENV, "").strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
@@ -278,7 +308,8 @@ def plan_build(root: Path, build_std: bool | None) -> Plan:
     if not usable:
         problems = "; ".join(tc.problem for tc in candidates if tc.problem)
         raise ToolchainError("no Rust toolchain found" + (f" ({problems})" if problems else "") +
-                             f": install Rust from https://rustup.rs, then run '{ADD_TARGET}'")
+                             f": install Rust from https://rustup.rs, then run '{ADD_TARGET}' (or build in a "
+                             "container: 'filterkit build --in-container')")
     skipped: list[str] = []
     if build_std is not True:
         for tc in usable:
@@ -307,7 +338,8 @@ def plan_build(root: Path, build_std: bool | None) -> Plan:
                              f"(tried {tried}): run 'rustup component add rust-src' (or on Debian: apt-get "
                              f"install {DEBIAN_PACKAGES}), or drop rust_build_std/{BUILD_STD_ENV}")
     raise ToolchainError(f"no Rust wasm target installed (tried {tried}): run 'rustup target add {wasi}' "
-                         f"(without rustup, on Debian 12: apt-get install {DEBIAN_PACKAGES})")
+                         f"(without rustup, on Debian 12: apt-get install {DEBIAN_PACKAGES}; or build in a "
+                         "container: 'filterkit build --in-container')")
 
 
 def _build_std_plan(tc: Toolchain) -> Plan | None:
@@ -387,12 +419,13 @@ def _cargo_command(plan: Plan, project) -> tuple[list[str], dict[str, str]]:
     return cmd, env
 
 
-def _parse_cargo_messages(stdout: str, root: Path) -> tuple[Path | None, list[dict], list[dict]]:
-    """The project's .wasm artifact, and the compiler's error and warning messages."""
+def parse_cargo_messages(stdout: str, manifest: Path) -> tuple[Path | None, list[dict], list[dict]]:
+    """From cargo's ``--message-format=json`` output: the .wasm artifact of the package whose
+    Cargo.toml is ``manifest``, and the compiler's error and warning messages."""
     artifact = None
     errors: list[dict] = []
     warnings: list[dict] = []
-    manifest = (root / "Cargo.toml").resolve()
+    manifest = manifest.resolve()
     for line in stdout.splitlines():
         if not line.startswith("{"):
             continue
@@ -423,7 +456,11 @@ def _location(message: dict) -> str:
     return ""
 
 
-def _raise_failure(project, plan: Plan, result: subprocess.CompletedProcess, errors: list[dict]):
+def raise_cargo_failure(project, returncode: int, stderr: str, errors: list[dict], toolchain: str, *,
+                        vendor_std: str | None = None, fetch_hint: str = "check registry access"):
+    """The error for a failed cargo build: ``BuildError`` with the compiler's first error (file:line)
+    for the user's code; ``ToolchainError`` when cargo could not fetch what it needs (``fetch_hint``
+    says what to check; ``vendor_std``: the command that vendors std's own dependencies in build-std mode)."""
     # "aborting due to N previous errors" carries no information of its own.
     real = [m for m in errors if not str(m.get("message", "")).startswith("aborting due to")]
     if real:
@@ -432,24 +469,22 @@ def _raise_failure(project, plan: Plan, result: subprocess.CompletedProcess, err
                    f"{_location(first)}{first.get('message', '')}")
         diagnostics = "\n".join((m.get("rendered") or m.get("message", "")).rstrip() for m in real)
         raise BuildError(summary, diagnostics)
-    stderr = result.stderr
     lines = [line for line in stderr.splitlines()
              if not re.match(r"\s*(Compiling|Downloading|Downloaded|Updating|Locking|Blocking|Adding|Fresh|Checking)\b",
                              line)]
     first_error = next((line.strip() for line in lines if line.startswith("error")), "")
     text = "\n".join(lines).strip()
-    if result.returncode == 0:
+    if returncode == 0:
         raise BuildError(f"cargo built {project.name} but produced no .wasm: is crate-type = [\"cdylib\"] "
                          f"set in Cargo.toml's [lib]?", tail(text))
     if any(marker in text.lower() for marker in NETWORK_ERRORS):
-        hint = ("check registry access, or vendor the dependencies ('cargo vendor', a directory source in "
+        hint = (f"{fetch_hint}, or vendor the dependencies ('cargo vendor', a directory source in "
                 ".cargo/config.toml) and build with CARGO_NET_OFFLINE=true")
-        if plan.build_std and plan.toolchain.std_sources is not None:
-            hint += ("; in build-std mode the standard library's dependencies are needed too: 'cargo vendor -s "
-                     f"{plan.toolchain.std_sources / 'Cargo.toml'} vendor'")
-        raise ToolchainError(f"cargo could not prepare the build of {project.name} with {plan.toolchain.short()}: "
+        if vendor_std:
+            hint += f"; in build-std mode the standard library's dependencies are needed too: '{vendor_std}'"
+        raise ToolchainError(f"cargo could not fetch what the build of {project.name} needs ({toolchain}): "
                              f"{_one_line(first_error or tail(text, 3))} ({hint})")
-    raise BuildError(f"cargo failed for {project.name}: {first_error or 'exit code ' + str(result.returncode)}",
+    raise BuildError(f"cargo failed for {project.name}: {first_error or 'exit code ' + str(returncode)}",
                      tail(text, 40))
 
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine import docker_client, one_line
+from ..engine import docker_client, has_image, one_line, pull_image
 from ..errors import RunnerError, ToolchainError
 
 LOCAL_REPOSITORY = "filterkit/envoy"
@@ -138,22 +138,14 @@ def build_image(version: str, *, binary: Path | None = None, tag: str | None = N
 def ensure_image(client, image: str, *, pull: bool = True, version: str | None = None) -> None:
     """Make sure ``image`` is in the engine: present, else pulled (when ``pull``); for a missing
     ``filterkit/envoy:<version>`` the error says how to build it."""
-    import docker.errors
-
-    try:
-        client.images.get(image)
+    if has_image(client, image):
         return
-    except docker.errors.ImageNotFound:
-        pass
-    except docker.errors.APIError as err:
-        raise RunnerError(f"the Docker engine could not look up image {image}: {one_line(err)}") from None
     problem = "not present in the engine"
     if pull and not image.startswith(LOCAL_REPOSITORY + ":"):
-        try:
-            client.images.pull(image)
+        why = pull_image(client, image)
+        if why is None:
             return
-        except Exception as err:
-            problem = f"cannot be pulled ({one_line(err)})"
+        problem = f"cannot be pulled ({why})"
     hint = f"'filterkit envoy image build {version}'" if version else "'filterkit envoy image build VERSION'"
     raise ToolchainError(f"Envoy image {image} {problem}: build a local one with {hint} and use "
                          f"image {local_image(version) if version else LOCAL_REPOSITORY + ':VERSION'}")
