@@ -352,8 +352,9 @@ def test_metrics_readable_from_tests(host):
     assert host.metric("probe_requests") == 2
     assert host.metric("probe_gauge") == 403  # set to the response code in on_response_headers
     assert host.metric("probe_hist") == [5, 5]
-    assert host.metrics == {"probe_requests": 2, "probe_gauge": 403, "probe_hist": [5, 5], "probe_ticks": 0}
-    assert sorted(host.metric_by_id) == [4, 5, 6, 8]  # Envoy's ids: type in the low 2 bits, steps of 4
+    assert host.metrics == {"probe_requests": 2, "probe_gauge": 403, "probe_hist": [5, 5], "probe_ticks": 0,
+                            "probe_logged": 2}
+    assert sorted(host.metric_by_id) == [4, 5, 6, 8, 12]  # Envoy's ids: type in the low 2 bits, steps of 4
 
 
 def test_ticks_and_time_follow_the_virtual_clock(filterkit_host, probe_wasm):

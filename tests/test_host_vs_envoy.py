@@ -82,7 +82,7 @@ cases:
         - {{equals: "gauge-metric=c800000000000000"}}
         - {{equals: "hist-get=02000000"}}
         - {{equals: "inc0=02000000"}}
-      metrics: {{probe_requests: 1, probe_gauge: 200, probe_ticks: 0, probe_hist: {{absent: true}}}}
+      metrics: {{probe_requests: 1, probe_gauge: 200, probe_ticks: 0, probe_logged: 1, probe_hist: {{absent: true}}}}
   - name: local response
     request: {{path: /deny}}
     expect:
@@ -94,7 +94,7 @@ cases:
         - {{equals: "response.code_details={h('probe_denied')}"}}
         - {{equals: "requests-metric=0200000000000000"}}
         - {{equals: "gauge-metric=9301000000000000"}}
-      metrics: {{probe_requests: 2, probe_gauge: 403}}
+      metrics: {{probe_requests: 2, probe_gauge: 403, probe_logged: 2}}
   - name: filter state through set_property
     request: {{path: /set}}
     expect:
@@ -195,7 +195,8 @@ def test_same_spec_passes_on_host_and_envoy(tmp_path, envoy_bin):
     assert not any(r.skipped for r in host_results)
     metrics = {r.case.name: r.observation.metrics for r in envoy_results if r.observation.metrics is not None}
     assert metrics == {"header changes and request/response properties":
-                       (("probe_gauge", 200), ("probe_requests", 1), ("probe_ticks", 0)),
-                       "local response": (("probe_gauge", 403), ("probe_requests", 2), ("probe_ticks", 0))}
+                       (("probe_gauge", 200), ("probe_logged", 1), ("probe_requests", 1), ("probe_ticks", 0)),
+                       "local response": (("probe_gauge", 403), ("probe_logged", 2), ("probe_requests", 2),
+                                          ("probe_ticks", 0))}
     fidelity = compare_runs(host_results, envoy_results)
     assert [(f.case_name, f.status) for f in fidelity if f.status != SAME] == [(host_only, NOT_COMPARABLE)]
