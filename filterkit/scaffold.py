@@ -15,8 +15,9 @@ import jinja2
 from . import __version__
 from .errors import InputError
 from .project import DEFAULT_ENVOY_VERSION, LANGUAGES, check_name
+from .resources import resource_dir
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = resource_dir("templates")
 COMMON = "common"  # rendered first for every language
 
 

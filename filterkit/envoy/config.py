@@ -11,9 +11,10 @@ from pathlib import Path
 
 import jinja2
 
+from ..resources import resource_dir
 from ..spec import CASE_HEADER
 
-CONFIGS = Path(__file__).resolve().parents[2] / "envoy-configs"
+CONFIGS = resource_dir("envoy-configs")
 BOOTSTRAP = "bootstrap.yaml.j2"
 VM_ID = "filterkit"
 # Marker lines in Envoy's output (see filterkit/envoy/logs.py for the whole line format).

@@ -19,8 +19,9 @@ import yaml
 from .. import __version__
 from ..errors import InputError
 from ..project import Project
+from ..resources import resource_dir
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "istio" / "wasmplugin.yaml.j2"
+TEMPLATE = resource_dir("istio") / "wasmplugin.yaml.j2"
 _DIGEST = re.compile(r"@sha256:([0-9a-f]{64})$")
 # registry[:port]/path[:tag][@sha256:digest], as Docker and OCI references are written.
 _IMAGE_REF = re.compile(r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._/-][a-z0-9]+)*)+"
