@@ -124,6 +124,25 @@ def test_assemblyscript_template_on_docker(assemblyscript_project, settings, doc
     assert filterkit_containers(docker_client) == []
 
 
+def test_probe_spec_on_docker_http_calls_metrics_and_host_only_skips(tmp_path, settings, docker_client):
+    """The host-vs-Envoy probe spec in a container: the http-call clusters' scripted servers, the test
+    upstream and the admin API (metrics) are reached through the host network as from a local Envoy."""
+    import test_host_vs_envoy as probe_spec
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(probe_spec.SPEC)
+    spec = load_spec(spec_file)
+    wasm = tmp_path / "probe.wasm"
+    wasm.write_bytes(probe_spec.probe.probe_wasm())
+    run = envoy_runner.run_envoy(spec, wasm, default_config="", root_id=probe_spec.ROOT_ID, name=probe_spec.NAME,
+                                 version=DEFAULT_ENVOY_VERSION, log_level="trace", container=settings)
+    results = [judge(case, run.target, obs) for case, obs in zip(spec.cases, run.observations)]
+    assert [f"{r.case.name}: {d}" for r in results for d in r.differences] == []
+    assert [r.case.name for r in results if r.skipped] == ["properties set by the case (host only)"]
+    assert dict(run.observations[0].metrics)["probe_requests"] == 1
+    assert filterkit_containers(docker_client) == []
+
+
 def test_plugin_refused_and_trap_on_docker(fixture_wasm, tmp_path, settings, docker_client):
     spec = write_spec(tmp_path, """\
         cases:
