@@ -280,39 +280,28 @@ class Abi:
 
     def proxy_set_header_map_pairs(self, kind: int, ptr: int, size: int) -> int:
         pairs = parse_pairs(self.vm.read(ptr, size))
-        hmap = self._writable(kind)
-        if hmap is None:
-            return WasmResult.BAD_ARGUMENT
-        hmap.set_all(pairs)
-        self._modified(kind)
-        return WasmResult.OK
+        return self._edit_map(kind, lambda hmap: hmap.set_all(pairs))
 
     def proxy_add_header_map_value(self, kind: int, key_ptr: int, key_size: int, value_ptr: int,
                                    value_size: int) -> int:
         key, value = self._key(key_ptr, key_size), self._key(value_ptr, value_size)
-        hmap = self._writable(kind)
-        if hmap is None:
-            return WasmResult.BAD_ARGUMENT
-        hmap.add(key, value)
-        self._modified(kind)
-        return WasmResult.OK
+        return self._edit_map(kind, lambda hmap: hmap.add(key, value))
 
     def proxy_replace_header_map_value(self, kind: int, key_ptr: int, key_size: int, value_ptr: int,
                                        value_size: int) -> int:
         key, value = self._key(key_ptr, key_size), self._key(value_ptr, value_size)
-        hmap = self._writable(kind)
-        if hmap is None:
-            return WasmResult.BAD_ARGUMENT
-        hmap.replace(key, value)
-        self._modified(kind)
-        return WasmResult.OK
+        return self._edit_map(kind, lambda hmap: hmap.replace(key, value))
 
     def proxy_remove_header_map_value(self, kind: int, key_ptr: int, key_size: int) -> int:
         key = self._key(key_ptr, key_size)
+        return self._edit_map(kind, lambda hmap: hmap.remove(key))
+
+    def _edit_map(self, kind: int, edit) -> int:
+        """A change to a writable header map (BadArgument when the map cannot be changed now)."""
         hmap = self._writable(kind)
         if hmap is None:
             return WasmResult.BAD_ARGUMENT
-        hmap.remove(key)
+        edit(hmap)
         self._modified(kind)
         return WasmResult.OK
 
