@@ -158,11 +158,7 @@ def check_empty_configuration(project, binary: Path, wasm: Path) -> CheckResult:
     name = "empty configuration starts"
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="filterkit-check-") as tmp:
-        workdir = Path(tmp)
-        config = workdir / "envoy.yaml"
-        config.write_text(render_variant("http", [_filter(project, wasm, "")], listen_port=0, admin_port=0,
-                                         local_reply=True).bootstrap)
-        envoy = EnvoyProcess(binary, config, workdir=workdir)
+        envoy = _single_filter_envoy(project, binary, wasm, "", Path(tmp))
         try:
             envoy.start()
         except EnvoyStartError as err:
@@ -268,11 +264,7 @@ def check_shutdown(project, binary: Path, wasm: Path) -> CheckResult:
     name = "shutdown without trap"
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="filterkit-check-") as tmp:
-        workdir = Path(tmp)
-        config = workdir / "envoy.yaml"
-        config.write_text(render_variant("http", [_filter(project, wasm, project.plugin_config_text)], listen_port=0,
-                                         admin_port=0, local_reply=True).bootstrap)
-        envoy = EnvoyProcess(binary, config, workdir=workdir)
+        envoy = _single_filter_envoy(project, binary, wasm, project.plugin_config_text, Path(tmp))
         try:
             envoy.start()
         except EnvoyStartError as err:
@@ -289,6 +281,14 @@ def check_shutdown(project, binary: Path, wasm: Path) -> CheckResult:
     return CheckResult(name, not shutdown, "no wasm errors at shutdown" if not shutdown else
                        f"{len(shutdown)} wasm error line(s) at shutdown", tuple(shutdown[:10]),
                        time.monotonic() - started, {"errors": len(shutdown)})
+
+
+def _single_filter_envoy(project, binary: Path, wasm: Path, plugin_config: str, workdir: Path) -> EnvoyProcess:
+    """An Envoy (not started yet) with the filter on one HTTP listener and local replies, in ``workdir``."""
+    config = workdir / "envoy.yaml"
+    config.write_text(render_variant("http", [_filter(project, wasm, plugin_config)], listen_port=0, admin_port=0,
+                                     local_reply=True).bootstrap)
+    return EnvoyProcess(binary, config, workdir=workdir)
 
 
 def _wait_stat(envoy: EnvoyProcess, name: str, value: int, timeout: float = 10.0) -> bool:
