@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Callable
 import wasmtime
 
 from .state import (
-    LOG_LEVEL_NAMES, WASI_STDERR_LEVEL, WASI_STDOUT_LEVEL, BufferType, MapType, Metric, MetricType, StreamContext,
-    StreamType, TcpContext, WasmResult, parse_pairs, raw, serialize_pairs, text,
+    LOG_LEVEL_NAMES, WASI_STDERR_LEVEL, WASI_STDOUT_LEVEL, Buffer, BufferType, MapType, Metric, MetricType,
+    StreamContext, StreamType, TcpContext, WasmResult, parse_pairs, raw, serialize_pairs, text,
 )
 from .vm import HostFunction, ProcExit, WasmVm
 
@@ -314,13 +314,18 @@ class Abi:
 
     # -- buffers --------------------------------------------------------------------------------
 
-    def proxy_get_buffer_bytes(self, kind: int, start: int, length: int, ptr_ptr: int, size_ptr: int) -> int:
+    def _buffer(self, kind: int) -> tuple[Buffer | None, int]:
+        """The buffer ``kind`` names in the current context, or None and the result to return."""
         kind &= U32
         if kind > MAX_BUFFER_TYPE:
-            return WasmResult.BAD_ARGUMENT
+            return None, WasmResult.BAD_ARGUMENT
         buf = self.ctx.buffer(kind)
+        return (buf, WasmResult.OK) if buf is not None else (None, WasmResult.NOT_FOUND)
+
+    def proxy_get_buffer_bytes(self, kind: int, start: int, length: int, ptr_ptr: int, size_ptr: int) -> int:
+        buf, problem = self._buffer(kind)
         if buf is None:
-            return WasmResult.NOT_FOUND
+            return problem
         # The ABI's sizes are u32 (Envoy's Word); wasmtime hands i32 over signed. The Rust SDK asks
         # for the whole buffer with length u32::MAX, which arrives here as -1.
         start, length = start & U32, length & U32
@@ -336,22 +341,16 @@ class Abi:
         return WasmResult.OK
 
     def proxy_get_buffer_status(self, kind: int, length_ptr: int, flags_ptr: int) -> int:
-        kind &= U32
-        if kind > MAX_BUFFER_TYPE:
-            return WasmResult.BAD_ARGUMENT
-        buf = self.ctx.buffer(kind)
+        buf, problem = self._buffer(kind)
         if buf is None:
-            return WasmResult.NOT_FOUND
+            return problem
         self.vm.write_u32_pair(length_ptr, len(buf.data), flags_ptr, 0)
         return WasmResult.OK
 
     def proxy_set_buffer_bytes(self, kind: int, start: int, length: int, data_ptr: int, data_size: int) -> int:
-        kind &= U32
-        if kind > MAX_BUFFER_TYPE:
-            return WasmResult.BAD_ARGUMENT
-        buf = self.ctx.buffer(kind)
+        buf, problem = self._buffer(kind)
         if buf is None:
-            return WasmResult.NOT_FOUND
+            return problem
         start, length = start & U32, length & U32  # u32 in the ABI (see above)
         return buf.set_bytes(start, length, self.vm.read(data_ptr, data_size))
 
